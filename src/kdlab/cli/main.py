@@ -1,0 +1,117 @@
+"""The ``kdlab`` command line: train, eval, demo, list."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from kdlab.config.load import ConfigError, load_config
+from kdlab.data import DatasetNotFoundError
+from kdlab.engine.checkpoint import CheckpointError
+from kdlab.engine.trainer import NonFiniteLossError
+from kdlab.registry import UnknownNameError
+
+USER_ERRORS = (ConfigError, CheckpointError, DatasetNotFoundError, NonFiniteLossError, UnknownNameError)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from kdlab.run import train
+
+    if args.resume is not None:
+        saved = Path(args.resume) / "config.yaml"
+        overrides = ([args.config] if args.config else []) + list(args.overrides)
+        config = load_config(saved, overrides)
+    elif args.config is None:
+        raise ConfigError("kdlab train: give a CONFIG file, or --resume RUN_DIR")
+    else:
+        config = load_config(args.config, args.overrides)
+    if args.quiet:
+        config.train.progress = False
+    result = train(config, resume=args.resume)
+    print(json.dumps({"run_dir": str(result.run_dir), "test_last": result.summary["test_last"],
+                      "test_selected": result.summary["test_selected"]}, indent=2))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from kdlab.evaluate import evaluate_checkpoint
+
+    results = evaluate_checkpoint(args.checkpoint, args.overrides, splits=args.split)
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from kdlab.demo import format_table, run_demo
+
+    root, rows = run_demo(args.out_dir, seed=args.seed, epochs=args.epochs)
+    print(format_table(rows))
+    print(f"\nrun directory: {root}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    if args.what == "methods":
+        from kdlab.methods import METHODS
+
+        names = METHODS.names()
+    elif args.what == "models":
+        from kdlab.models import list_models
+
+        names = list_models() + ["torchvision:<name>", "timm:<name>"]
+    else:
+        from kdlab.data import list_datasets
+
+        names = list_datasets()
+    print("\n".join(names))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="kdlab", description="Knowledge distillation for image classifiers.")
+    sub = top.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a run from a YAML config")
+    p.add_argument("config", nargs="?", help="YAML config (optional with --resume)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=0.1 train.epochs=5")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
+    p.add_argument("--quiet", action="store_true", help="no progress bar; log lines only")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint (a .pt file or a run directory)")
+    p.add_argument("checkpoint")
+    p.add_argument("overrides", nargs="*", help="dotted overrides of the saved config, e.g. data.root=...")
+    p.add_argument("--split", choices=["val", "test"], action="append", help="default: test")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("demo", help="teacher, student and KD student on scikit-learn digits")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--out-dir", default="runs")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("list", help="list registered methods, models or datasets")
+    p.add_argument("what", choices=["methods", "models", "datasets"])
+    p.set_defaults(func=cmd_list)
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        return args.func(args)
+    except USER_ERRORS as exc:
+        print(f"kdlab: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("kdlab: interrupted; resume with kdlab train --resume RUN_DIR", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

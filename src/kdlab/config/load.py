@@ -1,0 +1,129 @@
+"""Read a YAML run config, apply dotted command-line overrides, validate, explain errors in one line."""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from kdlab.config.schema import RunConfig
+from kdlab.registry import closest
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads ``1e-3`` and ``5E+4`` as floats (YAML 1.1 needs a dot there)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def safe_load(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506  (a SafeLoader subclass)
+
+
+class ConfigError(ValueError):
+    """A user mistake in a config file or override; the message is one line naming the key."""
+
+
+def _section_model(root: type[BaseModel], path: Sequence[str | int]) -> type[BaseModel] | None:
+    """The pydantic model that owns the key at ``path`` (for listing valid keys)."""
+    model: type[BaseModel] | None = root
+    for part in path[:-1]:
+        if model is None or not isinstance(part, str) or part not in model.model_fields:
+            return None
+        annotation = model.model_fields[part].annotation
+        candidates = [annotation, *getattr(annotation, "__args__", ())]
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+    return model
+
+
+def explain(error: ValidationError, source: str, root: type[BaseModel] = RunConfig, prefix: str = "") -> str:
+    """Turn the first validation error into one line naming the key, the problem and the fix.
+
+    ``prefix`` is the dotted path of ``root`` inside the whole config (e.g. ``method.params.``).
+    """
+    first = error.errors()[0]
+    loc = list(first["loc"])
+    key = prefix + ".".join(str(p) for p in loc) or "<root>"
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        owner = _section_model(root, loc)
+        valid = sorted(owner.model_fields) if owner else []
+        hint = closest(str(loc[-1]), valid)
+        return f"{source}: unknown key '{key}'{hint}; valid keys here: {', '.join(valid)}"
+    if kind == "missing":
+        return f"{source}: missing required key '{key}'"
+    value = first.get("input")
+    shown = repr(value) if not isinstance(value, dict) else "a mapping"
+    message = first["msg"].removeprefix("Value error, ")
+    return f"{source}: '{key}' = {shown}: {message}"
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``optim.lr=0.1`` -> (["optim", "lr"], 0.1); the value is read as a YAML scalar, never evaluated."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r}: expected KEY.PATH=VALUE, e.g. optim.lr=0.1")
+    try:
+        value = safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({exc.problem})") from None
+    return key.split("."), value
+
+
+def set_dotted(tree: dict[str, Any], path: Sequence[str], value: Any) -> None:
+    """``tree[a][b][c] = value`` for ``path = [a, b, c]``, creating sections as needed."""
+    node = tree
+    for part in path[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {'.'.join(path)}: '{part}' is not a section")
+        node = child
+    node[path[-1]] = value
+
+
+def apply_overrides(tree: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``KEY.PATH=VALUE`` strings to a nested dict."""
+    for text in overrides:
+        set_dotted(tree, *parse_override(text))
+    return tree
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        tree = safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return tree
+
+
+def validate(tree: dict[str, Any], source: str = "config") -> RunConfig:
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(explain(exc, source)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = (),
+                base: dict[str, Any] | None = None) -> RunConfig:
+    """Load ``path`` (or start from ``base``), apply overrides, and validate."""
+    tree = read_yaml(path) if path is not None else copy.deepcopy(base or {})
+    return validate(apply_overrides(tree, overrides), str(path) if path else "config")
+
+
+def dump_config(config: RunConfig) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,108 @@
+"""The run configuration: a typed, validated tree read from YAML.
+
+Every section rejects unknown keys. Method hyper-parameters are not listed here: each method
+declares its own ``Params`` model, validated when the method is built (see ``kdlab.methods``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Section):
+    """Which dataset, how it is split, batched and augmented."""
+
+    name: str
+    root: str | None = None
+    batch_size: int = Field(64, gt=0, description="global batch size (split across DDP ranks)")
+    eval_batch_size: int = Field(256, gt=0)
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="carved from train, stratified")
+    split_seed: int = 0
+    subset: int | None = Field(None, gt=0, description="keep at most this many training samples")
+    augment: Literal["default", "standard", "none"] = "default"
+    device_resident: Literal["auto", "on", "off"] = "auto"
+    num_workers: int = Field(2, ge=0)
+    image_size: int | None = Field(None, gt=0)
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    options: dict[str, Any] = Field(default_factory=dict, description="dataset-specific options")
+
+
+class ModelConfig(Section):
+    """A model by registry name (``resnet8x4``, ``torchvision:resnet18``, ``timm:...``)."""
+
+    name: str
+    pretrained: bool | str = Field(False, description="torchvision/timm weights, or a state_dict path")
+    checkpoint: str | None = Field(None, description="a kdlab run dir or checkpoint to load weights from")
+    mean: list[float] | None = Field(None, description="input normalization the model expects")
+    std: list[float] | None = None
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class MethodConfig(Section):
+    """A distillation method by registry name, loss-term weights and its own parameters."""
+
+    name: str = "kd"
+    weights: dict[str, float] = Field(default_factory=dict, description="per loss term; unset = default")
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class OptimConfig(Section):
+    name: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = Field(0.05, gt=0)
+    momentum: float = Field(0.9, ge=0)
+    nesterov: bool = False
+    weight_decay: float = Field(5e-4, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    no_decay_norm_bias: bool = Field(False, description="no weight decay on norm layers and biases")
+
+
+class ScheduleConfig(Section):
+    name: Literal["multistep", "cosine", "constant"] = "multistep"
+    milestones: list[float] = Field(default_factory=list, description="in epochs (or steps if step-based)")
+    gamma: float = 0.1
+    warmup: float = Field(0.0, ge=0, description="linear warm-up length in epochs (or steps)")
+    warmup_start_factor: float = Field(0.01, gt=0, le=1)
+    min_lr: float = Field(0.0, ge=0)
+
+
+class TrainConfig(Section):
+    epochs: int | None = Field(None, gt=0)
+    steps: int | None = Field(None, gt=0, description="step budget; overrides epochs")
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    channels_last: bool = False
+    compile: bool = False
+    grad_clip: float | None = Field(None, gt=0)
+    seed: int = 0
+    deterministic: bool = False
+    eval_every: int = Field(1, gt=0, description="evaluate every N epochs (or N steps if step-based)")
+    log_every: int = Field(50, gt=0, description="log losses, lr, img/s every N steps")
+    select_metric: Literal["top1", "nll", "ece"] = "top1"
+    device: str = "auto"
+    progress: bool = True
+
+    @model_validator(mode="after")
+    def _budget(self) -> TrainConfig:
+        if self.epochs is None and self.steps is None:
+            raise ValueError("set train.epochs or train.steps")
+        return self
+
+
+class RunConfig(Section):
+    """A whole run: data, student, optional teacher, method, optimization and output."""
+
+    data: DataConfig
+    student: ModelConfig
+    teacher: ModelConfig | None = None
+    method: MethodConfig = Field(default_factory=MethodConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    train: TrainConfig
+    out_dir: str = "runs"
+    name: str | None = None

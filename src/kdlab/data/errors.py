@@ -1,0 +1,17 @@
+"""Errors raised while locating and reading datasets; each message is one line naming the file."""
+
+from __future__ import annotations
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A dataset is not on disk where it was expected; the message says the layout and how to get it.
+
+    Nothing is ever downloaded: the message tells the user what to fetch and where to put it.
+    """
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class DatasetFormatError(ValueError):
+    """A dataset file exists but its content is wrong (bad header, label out of range, undecodable)."""

@@ -1,0 +1,74 @@
+"""Optimizers and learning-rate schedules.
+
+Schedules are functions of training progress measured in epochs (or in steps for step budgets) and
+are applied every step through ``LambdaLR``: multistep changes the rate at the first step of a
+milestone epoch (as RepDistiller's per-epoch ``adjust_learning_rate``), cosine and warm-up are smooth.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from kdlab.config.schema import OptimConfig, ScheduleConfig
+
+_NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
+
+
+def parameter_groups(module: nn.Module, weight_decay: float, no_decay_norm_bias: bool) -> list[dict]:
+    """One group, or two when norm-layer parameters and biases are excluded from weight decay."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    if not no_decay_norm_bias:
+        return [{"params": params, "weight_decay": weight_decay}]
+    exempt: set[int] = set()
+    for sub in module.modules():
+        for name, p in sub.named_parameters(recurse=False):
+            if isinstance(sub, _NORM_TYPES) or name.endswith("bias") or p.ndim <= 1:
+                exempt.add(id(p))
+    decay = [p for p in params if id(p) not in exempt]
+    no_decay = [p for p in params if id(p) in exempt]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(module: nn.Module, config: OptimConfig) -> torch.optim.Optimizer:
+    groups = parameter_groups(module, config.weight_decay, config.no_decay_norm_bias)
+    if config.name == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
+    if config.name == "adam":
+        return torch.optim.Adam(groups, lr=config.lr, betas=config.betas)
+    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas)
+
+
+def lr_factor(config: ScheduleConfig, progress: float, total: float, base_lr: float) -> float:
+    """The multiplier of the base rate at ``progress`` (epochs or steps) out of ``total``."""
+    if config.warmup and progress < config.warmup:
+        start = config.warmup_start_factor
+        return start + (1.0 - start) * progress / config.warmup
+    if config.name == "multistep":
+        passed = sum(1 for m in config.milestones if math.floor(progress) >= m)
+        return config.gamma**passed
+    if config.name == "cosine":
+        span = max(total - config.warmup, 1e-12)
+        t = min(max(progress - config.warmup, 0.0) / span, 1.0)
+        floor = config.min_lr / base_lr
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * t))
+    return 1.0
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, config: ScheduleConfig, steps_per_unit: int, total_units: float
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """A per-step scheduler; ``steps_per_unit`` is steps per epoch (1 for step budgets)."""
+    base_lr = optimizer.param_groups[0]["lr"]
+
+    def factor(step: int) -> float:
+        return lr_factor(config, step / steps_per_unit, total_units, base_lr)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def count_parameters(modules: Iterable[nn.Module]) -> int:
+    return sum(p.numel() for m in modules for p in m.parameters())

@@ -1,0 +1,307 @@
+"""The Trainer: runs any Distiller. It knows methods only through the Distiller interface.
+
+It owns optimization (optimizer, per-step schedule, precision and grad scaling, clipping), the loop
+over an epoch- or step-based budget, evaluation on the validation split, checkpointing (``last.pt``
+every epoch, ``best.pt`` by the validation metric) and exact resume, logging, DDP and callbacks.
+It never sees the test split: the run layer evaluates test once training is over.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from kdlab.config.schema import OptimConfig, ScheduleConfig, TrainConfig
+from kdlab.data.batch import Batch, BatchSource
+from kdlab.engine import checkpoint, distributed
+from kdlab.engine.callbacks import Callback
+from kdlab.engine.logger import MetricsLogger
+from kdlab.engine.metrics import better, evaluate_model
+from kdlab.engine.optim import build_optimizer, build_scheduler
+from kdlab.engine.precision import resolve_precision
+from kdlab.methods.base import Distiller, DistillOutput
+
+CHECKPOINT_FORMAT = 1
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN or infinite loss; the message names the step and the loss terms."""
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak allocated CUDA memory, or the process's peak resident set size on CPU, in MiB."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class Trainer:
+    """Trains ``distiller`` on ``train_data``, evaluating on ``val_data`` (if any) as configured."""
+
+    def __init__(
+        self,
+        distiller: Distiller,
+        train_data: BatchSource,
+        val_data: BatchSource | None,
+        *,
+        optim: OptimConfig,
+        schedule: ScheduleConfig,
+        train: TrainConfig,
+        device: torch.device,
+        run_dir: Path | None = None,
+        callbacks: Sequence[Callback] = (),
+        config: dict[str, Any] | None = None,
+        select_model: str = "student",
+    ) -> None:
+        self.cfg = train
+        self.device = device
+        self.train_data = train_data
+        self.val_data = val_data
+        self.run_dir = run_dir
+        self.callbacks = list(callbacks)
+        self.config = config or {}
+        self.select_model = select_model
+        self.precision = resolve_precision(train.precision, device)
+        self.distiller = distiller.to(device)
+        self.memory_format = torch.channels_last if train.channels_last else torch.contiguous_format
+        if train.channels_last:
+            self.distiller.to(memory_format=torch.channels_last)
+        if train.compile:
+            self.distiller.student.compile()
+            if self.distiller.teacher is not None:
+                self.distiller.teacher.compile()
+        self.model: nn.Module = distiller
+        if distributed.is_enabled():
+            ids = [device.index] if device.type == "cuda" else None
+            self.model = DistributedDataParallel(distiller, device_ids=ids)
+
+        self.steps_per_epoch = len(train_data)
+        if self.steps_per_epoch == 0:
+            raise ValueError("the training split yields no batch: lower data.batch_size or use more data")
+        if train.steps is not None:
+            self.total_steps = train.steps
+            steps_per_unit, total_units = 1, float(train.steps)
+        else:
+            self.total_steps = train.epochs * self.steps_per_epoch
+            steps_per_unit, total_units = self.steps_per_epoch, float(train.epochs)
+        self.step_based = train.steps is not None
+        self.optimizer = build_optimizer(self.distiller, optim)
+        self.scheduler = build_scheduler(self.optimizer, schedule, steps_per_unit, total_units)
+        self.scaler = self.precision.grad_scaler()
+        self.params = [p for p in self.distiller.parameters() if p.requires_grad]
+
+        self.step = 0
+        self.best: dict[str, Any] | None = None
+        self.last_eval: dict[str, dict[str, float]] = {}
+        self.last_eval_step = -1
+        self._best_state: dict[str, Tensor] = {}
+        self.should_stop = False
+        self.train_time = 0.0
+        self.images_seen = 0
+        self.is_main = distributed.is_main()
+        self.logger = MetricsLogger(run_dir if self.is_main else None)
+
+    @property
+    def epoch(self) -> float:
+        return self.step / self.steps_per_epoch
+
+    # ------------------------------------------------------------------ training
+    def fit(self, resume_from: Path | None = None) -> dict[str, dict[str, float]]:
+        """Train to the end of the budget (or until a callback stops it); returns the last evaluation."""
+        if resume_from is not None:
+            self.load_checkpoint(resume_from)
+        for callback in self.callbacks:
+            callback.on_fit_start(self)
+        bar = tqdm(total=self.total_steps, initial=self.step, unit="step", dynamic_ncols=True,
+                   disable=not (self.cfg.progress and self.is_main), leave=False)
+        try:
+            while self.step < self.total_steps and not self.should_stop:
+                self._run_epoch(bar)
+        finally:
+            bar.close()
+        if self.last_eval_step != self.step:
+            self._evaluate_and_save()
+        for callback in self.callbacks:
+            callback.on_fit_end(self)
+        self.logger.close()
+        return self.last_eval
+
+    def _run_epoch(self, bar: tqdm) -> None:
+        epoch, skip = divmod(self.step, self.steps_per_epoch)
+        self.train_data.set_epoch(epoch)
+        self.distiller.train()
+        window_start, window_images = time.perf_counter(), 0
+        for index, batch in enumerate(self.train_data):
+            if index < skip:
+                continue
+            started = time.perf_counter()
+            output, loss = self._train_step(batch)
+            self.step += 1
+            images = batch.targets.numel() * distributed.world_size()
+            window_images += images
+            self.images_seen += images
+            bar.update(1)
+            for callback in self.callbacks:
+                callback.on_step_end(self)
+            if self.step % self.cfg.log_every == 0 or self.device.type == "cpu":
+                self._check_finite(output, loss)
+            if self.step % self.cfg.log_every == 0:
+                elapsed = time.perf_counter() - window_start
+                self._log_train(output, loss, window_images / max(elapsed, 1e-9), bar)
+                window_start, window_images = time.perf_counter(), 0
+            self.train_time += time.perf_counter() - started
+            if self.step_based and self.step % self.cfg.eval_every == 0:
+                self._evaluate_and_save()
+            if self.step >= self.total_steps or self.should_stop:
+                break
+        if self.step % self.steps_per_epoch == 0:
+            for callback in self.callbacks:
+                callback.on_epoch_end(self)
+            if not self.step_based:
+                completed = self.step // self.steps_per_epoch
+                final = self.step >= self.total_steps or self.should_stop
+                if completed % self.cfg.eval_every == 0 or final:
+                    self._evaluate_and_save()
+                else:
+                    self.save_checkpoint()
+
+    def _train_step(self, batch: Batch) -> tuple[DistillOutput, Tensor]:
+        if self.cfg.channels_last and batch.inputs.dim() == 4:
+            batch = batch._replace(inputs=batch.inputs.contiguous(memory_format=self.memory_format))
+        self.distiller.progress = self.epoch
+        with self.precision.autocast():
+            output: DistillOutput = self.model(batch)
+        loss = self.distiller.weighted_total(output.losses)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.cfg.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return output, loss
+
+    def _check_finite(self, output: DistillOutput, loss: Tensor) -> None:
+        if bool(torch.isfinite(loss.detach())):
+            return
+        terms = ", ".join(f"{k}={float(v):.4g}" for k, v in output.losses.items())
+        raise NonFiniteLossError(
+            f"loss became {float(loss):.4g} at step {self.step} (epoch {self.epoch:.2f}); terms: {terms}. "
+            "Lower optim.lr, set train.grad_clip, or use train.precision=fp32"
+        )
+
+    def _log_train(self, output: DistillOutput, loss: Tensor, images_per_s: float, bar: tqdm) -> None:
+        terms = {k: float(v.detach()) for k, v in output.losses.items()}
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.logger.log("train", self.step, epoch=round(self.epoch, 4), lr=lr, loss=float(loss.detach()),
+                        **terms, img_per_s=round(images_per_s, 1),
+                        peak_mem_mb=round(peak_memory_mb(self.device), 1))
+        bar.set_postfix(loss=f"{float(loss):.4f}", img_s=f"{images_per_s:.0f}", refresh=False)
+
+    # ------------------------------------------------------------------ evaluation
+    def eval_models(self) -> dict[str, nn.Module]:
+        models: dict[str, nn.Module] = {"student": self.distiller.student}
+        for callback in self.callbacks:
+            models.update(callback.eval_models(self))
+        return models
+
+    def evaluate(self, model: nn.Module, data: BatchSource) -> dict[str, float]:
+        """Top-1, NLL and ECE of ``model`` on ``data`` (reduced across DDP ranks)."""
+        return evaluate_model(model, data, self.precision, self.memory_format)
+
+    def _evaluate_and_save(self) -> None:
+        results: dict[str, dict[str, float]] = {}
+        if self.val_data is not None:
+            for name, model in self.eval_models().items():
+                results[name] = self.evaluate(model, self.val_data)
+                self.logger.log("eval", self.step, split="val", model=name, epoch=round(self.epoch, 4),
+                                **results[name])
+            for callback in self.callbacks:
+                callback.on_evaluate(self, results)
+            self._update_best(results)
+        self.last_eval, self.last_eval_step = results, self.step
+        self.save_checkpoint()
+
+    def _update_best(self, results: dict[str, dict[str, float]]) -> None:
+        if self.select_model not in results:
+            return
+        metric = self.cfg.select_metric
+        value = results[self.select_model][metric]
+        if not better(metric, value, None if self.best is None else self.best["value"]):
+            return
+        self.best = {"metric": metric, "value": value, "step": self.step, "epoch": round(self.epoch, 4),
+                     "model": self.select_model, "val": results[self.select_model]}
+        if self.run_dir is None:
+            self._best_state = {k: v.detach().clone() for k, v in self.selected_state_dict().items()}
+        elif self.is_main:
+            state = {"model": self.selected_state_dict(), "config": self.config, "best": self.best,
+                     "step": self.step, "format": CHECKPOINT_FORMAT}
+            checkpoint.save_atomic(state, self.run_dir / "best.pt")
+
+    def best_state_dict(self) -> dict[str, Tensor]:
+        """The selected model's state at its best validation score (from ``best.pt`` or memory)."""
+        if self.run_dir is None:
+            return self._best_state
+        return checkpoint.load(self.run_dir / "best.pt", map_location=self.device)["model"]
+
+    def selected_state_dict(self) -> dict[str, Tensor]:
+        """The state of the model named by ``select_model``, keyed like the distiller's student."""
+        if self.select_model == "student":
+            return self.distiller.state_dict()
+        model = self.eval_models()[self.select_model]
+        return {f"student.{k}": v for k, v in model.state_dict().items()}
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint_state(self) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "model": self.distiller.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": checkpoint.rng_state(),
+            "step": self.step,
+            "best": self.best,
+            "train_time": self.train_time,
+            "images_seen": self.images_seen,
+            "callbacks": {cb.name: cb.state_dict() for cb in self.callbacks},
+            "config": self.config,
+        }
+
+    def save_checkpoint(self) -> None:
+        if self.is_main and self.run_dir is not None:
+            checkpoint.save_atomic(self.checkpoint_state(), self.run_dir / "last.pt")
+        distributed.barrier()
+
+    def load_checkpoint(self, path: Path) -> None:
+        state = checkpoint.load(path, map_location=self.device)
+        if state.get("format") != CHECKPOINT_FORMAT or "optimizer" not in state:
+            raise checkpoint.CheckpointError(f"{path}: not a resumable kdlab checkpoint")
+        self.distiller.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        checkpoint.set_rng_state(state["rng"])
+        self.step = state["step"]
+        self.best = state["best"]
+        self.train_time = state["train_time"]
+        self.images_seen = state["images_seen"]
+        for callback in self.callbacks:
+            callback.load_state_dict(state["callbacks"].get(callback.name, {}))
+        if self.step > self.total_steps:
+            raise checkpoint.CheckpointError(
+                f"{path}: the run is at step {self.step}, past this config's budget of {self.total_steps}")
+
+    @property
+    def images_per_second(self) -> float:
+        """Training throughput over the whole run so far (all ranks), excluding evaluation."""
+        return self.images_seen / self.train_time if self.train_time > 0 else 0.0

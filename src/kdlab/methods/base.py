@@ -1,0 +1,145 @@
+"""The Distiller: the one trainable module the engine runs, whatever the method.
+
+A Distiller owns the student and the method's trainable parts (connectors, embeddings, memories).
+The teacher is held but never registered as a submodule, so it is absent from ``parameters()``,
+``state_dict()`` and whatever DDP wraps; it is moved with the distiller, kept in eval mode, and run
+under no-grad. ``forward(batch)`` returns the unweighted loss terms and the student's logits; the
+weights of the terms come from the config (``method.weights``) and default to ``default_weights``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import Tensor, nn
+
+from kdlab.data.batch import Batch
+
+
+class NoParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True)
+class DistillContext:
+    """What a method may need to size its parts: data shape, class count, split size, model names."""
+
+    num_classes: int
+    input_shape: tuple[int, int, int]
+    num_train_samples: int
+    student_name: str = ""
+    teacher_name: str = ""
+
+
+@dataclass
+class DistillOutput:
+    losses: dict[str, Tensor]
+    logits: Tensor
+
+
+def _normalization_map(
+    source: tuple[Sequence[float], Sequence[float]], target: tuple[Sequence[float], Sequence[float]]
+) -> tuple[Tensor, Tensor] | None:
+    """Scale and shift taking inputs normalized with ``source`` to inputs normalized with ``target``.
+
+    x_target = (x_source * std_s + mean_s - mean_t) / std_t = x_source * a + b.
+    """
+    mean_s, std_s = (torch.tensor(v, dtype=torch.float32) for v in source)
+    mean_t, std_t = (torch.tensor(v, dtype=torch.float32) for v in target)
+    if torch.equal(mean_s, mean_t) and torch.equal(std_s, std_t):
+        return None
+    scale = (std_s / std_t).view(1, -1, 1, 1)
+    shift = ((mean_s - mean_t) / std_t).view(1, -1, 1, 1)
+    return scale, shift
+
+
+class Distiller(nn.Module):
+    """Base class of every method. Subclasses set ``terms``, ``default_weights`` and ``Params``."""
+
+    terms: ClassVar[tuple[str, ...]] = ()
+    default_weights: ClassVar[dict[str, float]] = {}
+    needs_teacher: ClassVar[bool] = True
+    Params: ClassVar[type[BaseModel]] = NoParams
+
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module | None,
+        params: BaseModel,
+        context: DistillContext,
+        *,
+        student_norm: tuple[Sequence[float], Sequence[float]] | None = None,
+        teacher_norm: tuple[Sequence[float], Sequence[float]] | None = None,
+    ) -> None:
+        super().__init__()
+        if self.needs_teacher and teacher is None:
+            raise ValueError(f"method {type(self).__name__} needs a teacher: set the 'teacher' section")
+        self.student = student
+        self.params = params
+        self.context = context
+        self.weights: dict[str, float] = dict(self.default_weights)
+        self.progress = 0.0
+        self.__dict__["_teacher"] = None
+        self._teacher_input: tuple[Tensor, Tensor] | None = None
+        if teacher is not None:
+            self.set_teacher(teacher)
+            if student_norm is not None and teacher_norm is not None:
+                self._teacher_input = _normalization_map(student_norm, teacher_norm)
+
+    @property
+    def teacher(self) -> nn.Module | None:
+        return self.__dict__["_teacher"]
+
+    def set_teacher(self, teacher: nn.Module) -> None:
+        """Hold ``teacher`` frozen: eval mode, no gradients, outside the module tree."""
+        teacher.eval()
+        teacher.requires_grad_(False)
+        self.__dict__["_teacher"] = teacher
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> Distiller:
+        super()._apply(fn, recurse)
+        if self.teacher is not None:
+            self.teacher._apply(fn, recurse)
+        if self._teacher_input is not None:
+            self._teacher_input = tuple(fn(t) for t in self._teacher_input)
+        return self
+
+    def train(self, mode: bool = True) -> Distiller:
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()
+        return self
+
+    def teacher_inputs(self, inputs: Tensor) -> Tensor:
+        """Inputs re-normalized to the teacher's mean/std when they differ from the student's."""
+        if self._teacher_input is None:
+            return inputs
+        scale, shift = self._teacher_input
+        return inputs * scale + shift
+
+    @torch.no_grad()
+    def teacher_logits(self, inputs: Tensor) -> Tensor:
+        return self.teacher(self.teacher_inputs(inputs))
+
+    def forward(self, batch: Batch) -> DistillOutput:
+        raise NotImplementedError
+
+    def weighted_total(self, losses: dict[str, Tensor]) -> Tensor:
+        """Sum of ``weight * term``; terms with weight 0 still appear in logs but add nothing."""
+        total = sum(self.weights[name] * value for name, value in losses.items() if self.weights[name])
+        if not isinstance(total, Tensor):
+            raise ValueError(f"every loss term of {type(self).__name__} has weight 0")
+        return total
+
+    def extra_parameter_count(self) -> int:
+        """Trainable parameters the method adds beyond the student (connectors, embeddings)."""
+        student = {id(p) for p in self.student.parameters()}
+        return sum(p.numel() for p in self.parameters() if id(p) not in student)
+
+    @classmethod
+    def validate_params(cls, raw: dict[str, Any]) -> BaseModel:
+        return cls.Params.model_validate(raw)

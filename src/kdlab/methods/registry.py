@@ -1,0 +1,55 @@
+"""Methods register under an explicit name; the engine finds them only through this registry."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+from pydantic import ValidationError
+from torch import nn
+
+from kdlab.config.load import ConfigError, explain
+from kdlab.config.schema import MethodConfig
+from kdlab.methods.base import DistillContext, Distiller
+from kdlab.registry import Registry, closest
+
+METHODS: Registry[type[Distiller]] = Registry("method")
+
+
+def register_method(name: str) -> Callable[[type[Distiller]], type[Distiller]]:
+    return METHODS.register(name)
+
+
+def resolve_weights(method: type[Distiller], name: str, weights: Mapping[str, float]) -> dict[str, float]:
+    """The method's default term weights updated by the config; unknown terms are an error."""
+    unknown = [key for key in weights if key not in method.terms]
+    if unknown:
+        terms = ", ".join(method.terms)
+        hint = closest(unknown[0], list(method.terms))
+        raise ConfigError(
+            f"method.weights.{unknown[0]}: method {name!r} has no loss term of that name{hint}; "
+            f"its terms are: {terms}"
+        )
+    return {**method.default_weights, **weights}
+
+
+def build_distiller(
+    config: MethodConfig,
+    student: nn.Module,
+    teacher: nn.Module | None,
+    context: DistillContext,
+    *,
+    student_norm: tuple[Sequence[float], Sequence[float]] | None = None,
+    teacher_norm: tuple[Sequence[float], Sequence[float]] | None = None,
+) -> Distiller:
+    """Validate ``method.params`` against the method's own schema and build its Distiller."""
+    method = METHODS.get(config.name)
+    try:
+        params = method.validate_params(config.params)
+    except ValidationError as exc:
+        raise ConfigError(explain(exc, "config", method.Params, prefix="method.params.")) from None
+    weights = resolve_weights(method, config.name, config.weights)
+    distiller = method(
+        student, teacher, params, context, student_norm=student_norm, teacher_norm=teacher_norm
+    )
+    distiller.weights = weights
+    return distiller

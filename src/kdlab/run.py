@@ -1,0 +1,219 @@
+"""One run from a config: data, models, distiller, trainer, run directory, test evaluation, summary.
+
+This is what ``kdlab train`` and the Python API call. A run directory holds ``config.yaml`` (the
+resolved config), ``metrics.jsonl``, ``last.pt``, ``best.pt`` and, when training ends,
+``summary.json``. The test split is evaluated only here, after training: for the last model and for
+the model selected on validation (``best.pt``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from kdlab.config.load import ConfigError, dump_config
+from kdlab.config.schema import ModelConfig, RunConfig
+from kdlab.data import DataBundle, build_data
+from kdlab.engine import checkpoint, distributed
+from kdlab.engine.callbacks import Callback
+from kdlab.engine.trainer import Trainer
+from kdlab.methods import DistillContext, build_distiller
+from kdlab.models import build_model
+
+
+@dataclass
+class RunResult:
+    run_dir: Path | None
+    summary: dict[str, Any]
+    student: nn.Module
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.backends.cudnn.benchmark = True
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device: {name!r} requested but CUDA is not available; use cpu or auto")
+    return device
+
+
+def checkpoint_path(location: str | Path, key: str) -> Path:
+    """A run directory means its ``best.pt`` (or ``last.pt`` if there is no best); a file is itself."""
+    path = Path(location)
+    if path.is_dir():
+        for candidate in ("best.pt", "last.pt"):
+            if (path / candidate).is_file():
+                return path / candidate
+        raise ConfigError(f"{key}: {path} is a directory without best.pt or last.pt")
+    if not path.is_file():
+        raise ConfigError(f"{key}: {path} not found (expected a kdlab run directory or checkpoint file)")
+    return path
+
+
+def load_weights(model: nn.Module, location: str | Path, key: str) -> None:
+    """Load a kdlab checkpoint's student (or a plain state_dict file) into ``model``."""
+    path = checkpoint_path(location, key)
+    state = checkpoint.load(path)
+    weights = checkpoint.student_state(state["model"]) if isinstance(state.get("model"), dict) else state
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:
+        first = str(exc).split("\n\t")[1] if "\n\t" in str(exc) else str(exc).splitlines()[0]
+        raise ConfigError(f"{key}: {path} does not fit {type(model).__name__}: {first}") from None
+
+
+def build_network(config: ModelConfig, data: DataBundle, key: str) -> nn.Module:
+    try:
+        model = build_model(config.name, data.num_classes, pretrained=config.pretrained,
+                            in_channels=data.input_shape[0], **config.kwargs)
+    except (KeyError, ValueError, TypeError) as exc:
+        raise ConfigError(f"{key}.name: {exc}") from None
+    if config.checkpoint is not None:
+        load_weights(model, config.checkpoint, f"{key}.checkpoint")
+    return model
+
+
+def normalization(config: ModelConfig | None, data: DataBundle) -> tuple[list[float], list[float]]:
+    if config is None or config.mean is None:
+        return list(data.mean), list(data.std)
+    if config.std is None:
+        raise ConfigError("a model's 'mean' needs its 'std' too")
+    return config.mean, config.std
+
+
+def make_run_dir(config: RunConfig) -> Path:
+    name = config.name or f"{config.method.name}-{config.student.name.replace(':', '_')}-" \
+                          f"{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    run_dir = Path(config.out_dir) / name
+    if (run_dir / "last.pt").exists():
+        raise ConfigError(f"name: run directory {run_dir} already holds a run; resume it with --resume "
+                          f"{run_dir}, or choose another name")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def build_data_for(config: RunConfig, device: torch.device) -> DataBundle:
+    d = config.data
+    try:
+        return build_data(
+            d.name, d.root, batch_size=d.batch_size, eval_batch_size=d.eval_batch_size,
+            val_fraction=d.val_fraction, split_seed=d.split_seed, subset=d.subset, augment=d.augment,
+            device=device, seed=config.train.seed, rank=distributed.rank(),
+            world_size=distributed.world_size(), num_workers=d.num_workers,
+            device_resident=d.device_resident, image_size=d.image_size, mean=d.mean, std=d.std,
+            **d.options,
+        )
+    except (KeyError, TypeError) as exc:
+        raise ConfigError(f"data: {exc}") from None
+
+
+def train(
+    config: RunConfig,
+    *,
+    resume: str | Path | None = None,
+    student: nn.Module | None = None,
+    teacher: nn.Module | None = None,
+    callbacks: Sequence[Callback] = (),
+    write: bool = True,
+) -> RunResult:
+    """Train one run. ``student``/``teacher`` modules, when given, replace those built from the config."""
+    device = distributed.init_from_env(resolve_device(config.train.device).type) or \
+        resolve_device(config.train.device)
+    seed_everything(config.train.seed, config.train.deterministic)
+    data = build_data_for(config, device)
+    student = student if student is not None else build_network(config.student, data, "student")
+    if teacher is None and config.teacher is not None:
+        if config.teacher.checkpoint is None and not config.teacher.pretrained:
+            raise ConfigError("teacher.checkpoint: a teacher needs trained weights; train one with "
+                              "method.name=ce and pass its run directory here")
+        teacher = build_network(config.teacher, data, "teacher")
+    context = DistillContext(
+        num_classes=data.num_classes, input_shape=tuple(data.input_shape),
+        num_train_samples=data.train.num_samples, student_name=config.student.name,
+        teacher_name=config.teacher.name if config.teacher else "",
+    )
+    distiller = build_distiller(config.method, student, teacher, context,
+                                student_norm=normalization(config.student, data),
+                                teacher_norm=normalization(config.teacher, data))
+
+    run_dir: Path | None = None
+    if write:
+        if resume is not None:
+            run_dir = Path(resume)
+        elif distributed.is_main():
+            run_dir = make_run_dir(config)
+        run_dir = distributed.broadcast_object(run_dir)
+        if distributed.is_main():
+            (run_dir / "config.yaml").write_text(dump_config(config))
+    resume_from = None
+    if resume is not None:
+        resume_from = Path(resume) / "last.pt"
+        if not resume_from.is_file():
+            raise ConfigError(f"--resume: {resume_from} not found; nothing to resume")
+
+    trainer = Trainer(distiller, data.train, data.val, optim=config.optim, schedule=config.schedule,
+                      train=config.train, device=device, run_dir=run_dir, callbacks=callbacks,
+                      config=config.model_dump(mode="json"))
+    started = time.perf_counter()
+    final_val = trainer.fit(resume_from=resume_from)
+    wall = time.perf_counter() - started
+    summary = summarize(trainer, data, final_val, wall)
+    if run_dir is not None and distributed.is_main():
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return RunResult(run_dir, summary, trainer.distiller.student)
+
+
+def summarize(trainer: Trainer, data: DataBundle, final_val: dict[str, dict[str, float]],
+              wall: float) -> dict[str, Any]:
+    """Test metrics of the last and of the validation-selected model, with the run's costs."""
+    models = trainer.eval_models()
+    selected = trainer.select_model
+    test_last = trainer.evaluate(models[selected], data.test)
+    test_selected = test_last
+    if trainer.best is not None and trainer.best["step"] != trainer.step:
+        model = models[selected]
+        current = {k: v.clone() for k, v in model.state_dict().items()}
+        model.load_state_dict(checkpoint.student_state(trainer.best_state_dict()))
+        test_selected = trainer.evaluate(model, data.test)
+        model.load_state_dict(current)
+    student = trainer.distiller.student
+    return {
+        "method": type(trainer.distiller).__name__,
+        "model": selected,
+        "steps": trainer.step,
+        "epochs": round(trainer.epoch, 4),
+        "val_last": final_val.get(selected),
+        "selected": trainer.best,
+        "test_last": test_last,
+        "test_selected": test_selected,
+        "student_params": sum(p.numel() for p in student.parameters()),
+        "extra_params": trainer.distiller.extra_parameter_count(),
+        "train_time_s": round(trainer.train_time, 3),
+        "wall_time_s": round(wall, 3),
+        "img_per_s": round(trainer.images_per_second, 1),
+        "precision": trainer.precision.name,
+        "world_size": distributed.world_size(),
+    }
