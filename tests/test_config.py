@@ -69,3 +69,15 @@ def test_yaml_file_errors(tmp_path):
     good.write_text("data: {name: digits}\nstudent: {name: cnn_tiny}\ntrain: {epochs: 2}\noptim: {lrr: 1}\n")
     with pytest.raises(ConfigError, match=r"good\.yaml: unknown key 'optim\.lrr'"):
         load_config(good)
+
+
+def test_extends_merges_parent_sections(tmp_path):
+    (tmp_path / "base.yaml").write_text(
+        "data: {name: digits, batch_size: 16}\nstudent: {name: cnn_tiny}\ntrain: {epochs: 2}\n"
+        "optim: {lr: 0.1, weight_decay: 5e-4}\n")
+    (tmp_path / "child.yaml").write_text("extends: base.yaml\noptim: {lr: 0.01}\n")
+    config = load_config(tmp_path / "child.yaml")
+    assert config.optim.lr == 0.01 and config.optim.weight_decay == 5e-4 and config.data.batch_size == 16
+    (tmp_path / "loop.yaml").write_text("extends: loop.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(tmp_path / "loop.yaml")

@@ -5,8 +5,9 @@ split when there is no ``test``); class ids follow the sorted class folder names
 may hold the tree directly or inside one top folder; an archive may too (``cifar10-jpeg.tar.gz`` holds
 ``cifar10-jpeg/{train,test}/...``). Images sit directly in their class folder.
 
-Small images (all the same size, at most 64 px, or any size with ``image_size <= 64``) are decoded once,
-in parallel, into uint8 tensors and cached on disk (see :mod:`kdlab.data.cache`). Larger images stay
+Small images (at most 64 px on a side in a probe of 16 spread-out files, or any size when
+``image_size <= 64``) are decoded once, in parallel, into uint8 tensors and cached on disk (see
+:mod:`kdlab.data.cache`); without ``image_size`` they must all have the same size. Larger images stay
 files, decoded lazily by DataLoader workers; an archive of them is extracted once into the cache.
 """
 
@@ -54,7 +55,7 @@ def _not_found(root: Path, why: str) -> DatasetNotFoundError:
 def _decide_decoded(image_size: int | None, sizes: list[tuple[int, int]]) -> bool:
     if image_size is not None:
         return image_size <= SMALL_MAX
-    return len(set(sizes)) == 1 and max(sizes[0]) <= SMALL_MAX
+    return max(max(size) for size in sizes) <= SMALL_MAX
 
 
 def _test_split(entries: Iterable[Entry], root: Path) -> str:
@@ -67,40 +68,50 @@ def _test_split(entries: Iterable[Entry], root: Path) -> str:
     raise _not_found(root, "no test/<class>/ or val/<class>/ images")
 
 
-def _assemble(entries: list[Entry], root: Path) -> tuple[list[str], list[int], list[int], list[int], list[int]]:
+Part = tuple[list[int], list[int]]
+
+
+def _assemble(entries: list[Entry], root: Path) -> tuple[list[str], Part, Part]:
     """Classes, then (positions, labels) of the train and test entries in (class, name) order."""
     test_name = _test_split(entries, root)
     classes = sorted({e.cls for e in entries if e.split == "train"})
     index = {c: i for i, c in enumerate(classes)}
-    parts: list[tuple[list[int], list[int]]] = []
+    parts: list[Part] = []
     for split in ("train", test_name):
-        positions = sorted((i for i, e in enumerate(entries) if e.split == split), key=lambda i: entries[i].cls + "/" + entries[i].name)
+        positions = sorted(
+            (i for i, e in enumerate(entries) if e.split == split),
+            key=lambda i: (entries[i].cls, entries[i].name),
+        )
         unknown = sorted({entries[i].cls for i in positions} - index.keys())
         if unknown:
-            raise DatasetFormatError(f"{root}: {split}/ has class folders missing from train/: {', '.join(unknown)}")
+            raise DatasetFormatError(
+                f"{root}: {split}/ has class folders missing from train/: {', '.join(unknown)}"
+            )
         parts.append((positions, [index[entries[i].cls] for i in positions]))
-    return classes, parts[0][0], parts[0][1], parts[1][0], parts[1][1]
+    return classes, parts[0], parts[1]
 
 
 def _decoded_dataset(entries: list[Entry], images: torch.Tensor, root: Path) -> RawDataset:
-    classes, train_pos, train_lab, test_pos, test_lab = _assemble(entries, root)
-    train = Split(torch.tensor(train_lab, dtype=torch.int64), images=images[train_pos])
-    test = Split(torch.tensor(test_lab, dtype=torch.int64), images=images[test_pos])
+    classes, *parts = _assemble(entries, root)
+    train, test = (
+        Split(torch.tensor(labels, dtype=torch.int64), images=images[pos]) for pos, labels in parts
+    )
     return RawDataset(train, test, classes)
 
 
 def _lazy_dataset(entries: list[Entry], base: Path) -> RawDataset:
-    classes, train_pos, train_lab, test_pos, test_lab = _assemble(entries, base)
-
-    def files(positions: list[int]) -> tuple[str, ...]:
-        return tuple(str(base / entries[i].split / entries[i].cls / entries[i].name) for i in positions)
-
-    train = Split(torch.tensor(train_lab, dtype=torch.int64), files=files(train_pos))
-    test = Split(torch.tensor(test_lab, dtype=torch.int64), files=files(test_pos))
+    classes, *parts = _assemble(entries, base)
+    train, test = (
+        Split(
+            torch.tensor(labels, dtype=torch.int64),
+            files=tuple(str(base / entries[i].split / entries[i].cls / entries[i].name) for i in pos),
+        )
+        for pos, labels in parts
+    )
     return RawDataset(train, test, classes)
 
 
-def _to_entry(cache: dict) -> RawDataset:
+def _from_cache(cache: dict) -> RawDataset:
     return RawDataset(
         Split(cache["train_targets"], images=cache["train_images"]),
         Split(cache["test_targets"], images=cache["test_images"]),
@@ -108,7 +119,7 @@ def _to_entry(cache: dict) -> RawDataset:
     )
 
 
-def _from_entry(data: RawDataset) -> dict:
+def _to_cache(data: RawDataset) -> dict:
     return {
         "classes": data.classes,
         "train_images": data.train.images,
@@ -154,29 +165,35 @@ def _read_folder(root: Path, image_size: int | None) -> RawDataset:
     sizes = [image_size_of(p, str(p)) for p in paths[::step][:PROBE]]
     if not _decide_decoded(image_size, sizes):
         return _lazy_dataset(entries, base)
-    stats = [(str(p.relative_to(base)), p.stat().st_size, p.stat().st_mtime_ns) for p in paths]
+    stats = [(str(p.relative_to(base)), st.st_size, st.st_mtime_ns) for p in paths for st in [p.stat()]]
     path = cache_dir() / f"imagefolder-{cache_key('folder', str(base), image_size, CACHE_VERSION, stats)}.pt"
     cached = load_entry(path)
     if cached is not None:
-        return _to_entry(cached)
-    images = decode_many(
-        ((str(p), p) for p in paths), size=image_size, shape=_probe_shape(sizes, image_size)
-    )
+        return _from_cache(cached)
+    images = decode_many(((str(p), p) for p in paths), size=image_size, shape=_probe_shape(sizes, image_size))
     data = _decoded_dataset(entries, images, root)
-    save_entry(_from_entry(data), path)
+    save_entry(_to_cache(data), path)
     return data
+
+
+def _tree_parts(member: tarfile.TarInfo) -> list[str] | None:
+    """The path components of an archive member that is an image of the tree, else None."""
+    parts = [p for p in member.name.split("/") if p not in ("", ".")]
+    if not member.isfile() or len(parts) < 3 or ".." in parts:
+        return None
+    if parts[-3] not in SPLITS or not is_image(parts[-1]) or parts[-1].startswith("._"):
+        return None
+    return parts
 
 
 def _archive_members(archive: Path) -> Iterator[tuple[Entry, bytes]]:
     """(entry, bytes) for each image of the tree, in archive order; checks there is one top folder."""
     prefix: list[str] | None = None
     try:
-        with tarfile.open(archive, "r:*") as tar:
+        with tarfile.open(archive, "r|*") as tar:
             for member in tar:
-                parts = [p for p in member.name.split("/") if p not in ("", ".")]
-                if not member.isfile() or len(parts) < 3 or parts[-3] not in SPLITS or not is_image(parts[-1]):
-                    continue
-                if parts[-1].startswith("._") or ".." in parts:
+                parts = _tree_parts(member)
+                if parts is None:
                     continue
                 if prefix is None:
                     prefix = parts[:-3]
@@ -192,7 +209,10 @@ def _archive_members(archive: Path) -> Iterator[tuple[Entry, bytes]]:
 
 
 def _extract(members: Iterable[tuple[Entry, bytes]], target: Path) -> list[Entry]:
-    """Write the images under ``target`` (atomically: a temporary folder, then a rename)."""
+    """Write the images under ``target`` (atomically: a temporary folder, then a rename).
+
+    When another process (e.g. another rank) renamed its copy into place first, that copy is kept.
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     entries = []
@@ -202,11 +222,20 @@ def _extract(members: Iterable[tuple[Entry, bytes]], target: Path) -> list[Entry
             folder.mkdir(parents=True, exist_ok=True)
             (folder / entry.name).write_bytes(data)
             entries.append(entry)
-        os.replace(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    try:
+        os.replace(tmp, target)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not target.is_dir():
+            raise
     return entries
+
+
+def _member_name(archive: Path, entry: Entry) -> str:
+    return f"{archive}:{entry.split}/{entry.cls}/{entry.name}"
 
 
 def _read_archive(archive: Path, image_size: int | None) -> RawDataset:
@@ -216,14 +245,14 @@ def _read_archive(archive: Path, image_size: int | None) -> RawDataset:
     files_path = cache_dir() / f"imagefolder-{key}-files"
     cached = load_entry(tensor_path)
     if cached is not None:
-        return _to_entry(cached)
+        return _from_cache(cached)
     if files_path.is_dir():
         return _lazy_dataset(_list_tree(files_path), files_path)
     members = _archive_members(archive)
     head = list(islice(members, PROBE))
     if not head:
         raise _not_found(archive, "the archive holds no train/<class>/ images")
-    sizes = [image_size_of(data, f"{archive}:{entry.name}") for entry, data in head]
+    sizes = [image_size_of(data, _member_name(archive, entry)) for entry, data in head]
     stream = chain(head, members)
     if not _decide_decoded(image_size, sizes):
         return _lazy_dataset(_extract(stream, files_path), files_path)
@@ -232,11 +261,11 @@ def _read_archive(archive: Path, image_size: int | None) -> RawDataset:
     def items() -> Iterator[tuple[str, bytes]]:
         for entry, data in stream:
             entries.append(entry)
-            yield f"{archive}:{entry.split}/{entry.cls}/{entry.name}", data
+            yield _member_name(archive, entry), data
 
     images = decode_many(items(), size=image_size, shape=_probe_shape(sizes, image_size))
     data = _decoded_dataset(entries, images, archive)
-    save_entry(_from_entry(data), tensor_path)
+    save_entry(_to_cache(data), tensor_path)
     return data
 
 

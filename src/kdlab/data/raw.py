@@ -88,3 +88,17 @@ def resize_dataset(data: RawDataset, size: int | None) -> RawDataset:
         Split(data.test.targets, images=resize_images(data.test.images, size)),
         data.classes,
     )
+
+
+def channel_stats(images: Tensor, chunk: int = 8192) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of uint8 images, on the 0..1 scale."""
+    total = torch.zeros(images.shape[1], dtype=torch.float64)
+    squares = torch.zeros_like(total)
+    for start in range(0, len(images), chunk):
+        part = images[start : start + chunk].to(torch.float64).div_(255)
+        total += part.sum(dim=(0, 2, 3))
+        squares += part.square().sum(dim=(0, 2, 3))
+    count = images.numel() / images.shape[1]
+    mean = total / count
+    std = (squares / count - mean.square()).clamp_min(0).sqrt()
+    return tuple(round(float(m), 4) for m in mean), tuple(round(float(s), 4) for s in std)

@@ -8,6 +8,7 @@ It never sees the test split: the run layer evaluates test once training is over
 
 from __future__ import annotations
 
+import logging
 import resource
 import time
 from collections.abc import Sequence
@@ -30,6 +31,7 @@ from kdlab.engine.precision import resolve_precision
 from kdlab.methods.base import Distiller, DistillOutput
 
 CHECKPOINT_FORMAT = 1
+log = logging.getLogger("kdlab")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -193,19 +195,24 @@ class Trainer:
     def _check_finite(self, output: DistillOutput, loss: Tensor) -> None:
         if bool(torch.isfinite(loss.detach())):
             return
-        terms = ", ".join(f"{k}={float(v):.4g}" for k, v in output.losses.items())
+        terms = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in output.losses.items())
         raise NonFiniteLossError(
-            f"loss became {float(loss):.4g} at step {self.step} (epoch {self.epoch:.2f}); terms: {terms}. "
+            f"loss became {float(loss.detach()):.4g} at step {self.step} (epoch {self.epoch:.2f}); terms: {terms}. "
             "Lower optim.lr, set train.grad_clip, or use train.precision=fp32"
         )
 
     def _log_train(self, output: DistillOutput, loss: Tensor, images_per_s: float, bar: tqdm) -> None:
         terms = {k: float(v.detach()) for k, v in output.losses.items()}
+        total = float(loss.detach())
         lr = self.optimizer.param_groups[0]["lr"]
-        self.logger.log("train", self.step, epoch=round(self.epoch, 4), lr=lr, loss=float(loss.detach()),
+        self.logger.log("train", self.step, epoch=round(self.epoch, 4), lr=lr, loss=total,
                         **terms, img_per_s=round(images_per_s, 1),
                         peak_mem_mb=round(peak_memory_mb(self.device), 1))
-        bar.set_postfix(loss=f"{float(loss):.4f}", img_s=f"{images_per_s:.0f}", refresh=False)
+        bar.set_postfix(loss=f"{total:.4f}", img_s=f"{images_per_s:.0f}", refresh=False)
+        if bar.disable and self.is_main:
+            shown = " ".join(f"{k}={v:.4f}" for k, v in terms.items())
+            log.info("step %d epoch %.2f lr %.3g loss %.4f (%s) %.0f img/s", self.step, self.epoch, lr,
+                     total, shown, images_per_s)
 
     # ------------------------------------------------------------------ evaluation
     def eval_models(self) -> dict[str, nn.Module]:
@@ -225,6 +232,14 @@ class Trainer:
                 results[name] = self.evaluate(model, self.val_data)
                 self.logger.log("eval", self.step, split="val", model=name, epoch=round(self.epoch, 4),
                                 **results[name])
+                if self.is_main:
+                    r = results[name]
+                    message = (f"step {self.step} epoch {self.epoch:.2f} val {name}: top1 {r['top1']:.2f} "
+                               f"nll {r['nll']:.4f} ece {r['ece']:.2f}")
+                    if self.cfg.progress:
+                        tqdm.write(message)
+                    else:
+                        log.info(message)
             for callback in self.callbacks:
                 callback.on_evaluate(self, results)
             self._update_best(results)

@@ -1,0 +1,22 @@
+"""The data layer: dataset readers (no downloads), splits, and batch sources on the training device.
+
+``build_data(name, root, ...)`` returns a :class:`DataBundle` whose ``train``/``val``/``test`` are
+:class:`BatchSource` objects yielding normalized :class:`Batch` es. Registered datasets: see
+:func:`list_datasets`.
+"""
+
+from kdlab.data.batch import Batch, BatchSource
+from kdlab.data.build import DataBundle, build_data
+from kdlab.data.catalog import DATASETS, list_datasets
+from kdlab.data.errors import DatasetFormatError, DatasetNotFoundError
+
+__all__ = [
+    "DATASETS",
+    "Batch",
+    "BatchSource",
+    "DataBundle",
+    "DatasetFormatError",
+    "DatasetNotFoundError",
+    "build_data",
+    "list_datasets",
+]

@@ -1,0 +1,210 @@
+"""``build_data``: from a dataset name and plain options to the engine's train/val/test batch sources."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from kdlab.data.augment import CropFlip
+from kdlab.data.batch import BatchSource
+from kdlab.data.catalog import DATASETS, DatasetSpec
+from kdlab.data.loader_source import LoaderBatchSource
+from kdlab.data.raw import Split, channel_stats
+from kdlab.data.samples import SampleDataset
+from kdlab.data.splits import split_train_val, take_subset
+from kdlab.data.tensor_source import TensorBatchSource
+from kdlab.data.transforms import (
+    Transform,
+    crop_flip_transform,
+    large_eval_transform,
+    large_train_transform,
+)
+
+AUGMENT_MODES = ("default", "none", "standard")
+RESIDENCY_MODES = ("auto", "on", "off")
+LARGE_IMAGE_SIZE = 224
+
+
+@dataclass
+class DataBundle:
+    """The data side of a run: batch sources and what models and methods need to know about the data.
+
+    ``val`` is None when ``val_fraction`` is 0. ``input_shape`` is (C, H, W) of the batches;
+    ``train_targets`` are the labels of the training split (after the validation carve and ``subset``),
+    indexed like ``Batch.indices`` of ``train``.
+    """
+
+    train: BatchSource
+    val: BatchSource | None
+    test: BatchSource
+    num_classes: int
+    classes: list[str]
+    input_shape: tuple[int, int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    train_targets: Tensor
+
+
+@dataclass(frozen=True)
+class _Common:
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    device: torch.device
+    seed: int
+    rank: int
+    world_size: int
+
+
+def _choice(value: str, choices: tuple[str, ...], what: str) -> str:
+    if value not in choices:
+        raise ValueError(f"{what} must be one of {', '.join(choices)}; got {value!r}")
+    return value
+
+
+def _normalization(
+    mean: Sequence[float] | None, std: Sequence[float] | None, spec: DatasetSpec, train: Split
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    if (mean is None) != (std is None):
+        raise ValueError("give both mean and std, or neither")
+    if mean is not None:
+        return tuple(mean), tuple(std)
+    if spec.mean is not None:
+        return spec.mean, spec.std
+    return channel_stats(train.images)
+
+
+def _crop_flip(augment: str, spec: DatasetSpec, shape: tuple[int, int, int]) -> CropFlip | None:
+    if augment == "none" or (augment == "default" and not spec.augment_by_default):
+        return None
+    padding = spec.padding if spec.padding is not None else max(1, min(shape[1:]) // 8)
+    return CropFlip(padding, spec.flip)
+
+
+def _tensor_source(split: Split, common: _Common, **kwargs: Any) -> TensorBatchSource:
+    return TensorBatchSource(
+        split.images,
+        split.targets,
+        mean=common.mean,
+        std=common.std,
+        device=common.device,
+        seed=common.seed,
+        rank=common.rank,
+        world_size=common.world_size,
+        **kwargs,
+    )
+
+
+def _loader_source(
+    split: Split, transform: Transform | None, common: _Common, num_workers: int, **kwargs: Any
+) -> LoaderBatchSource:
+    return LoaderBatchSource(
+        SampleDataset(split, transform),
+        mean=common.mean,
+        std=common.std,
+        device=common.device,
+        seed=common.seed,
+        rank=common.rank,
+        world_size=common.world_size,
+        num_workers=num_workers,
+        **kwargs,
+    )
+
+
+def build_data(
+    name: str,
+    root: str | Path | None,
+    *,
+    batch_size: int,
+    eval_batch_size: int = 256,
+    val_fraction: float = 0.1,
+    split_seed: int = 0,
+    subset: int | None = None,
+    augment: Literal["default", "none", "standard"] = "default",
+    device: torch.device | str,
+    seed: int,
+    rank: int = 0,
+    world_size: int = 1,
+    num_workers: int = 2,
+    device_resident: Literal["auto", "on", "off"] = "auto",
+    image_size: int | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    drop_last: bool = True,
+    **dataset_options: Any,
+) -> DataBundle:
+    """Read dataset ``name`` from ``root`` and build its train/val/test batch sources for this rank.
+
+    The validation split is carved from train (``val_fraction``, stratified, seeded by ``split_seed``),
+    then ``subset`` caps the training split (stratified, same seed). Batch sizes are global: each rank
+    yields ``batch_size // world_size`` samples per training batch. ``augment="default"`` uses the
+    dataset's default training augmentation, ``"standard"`` forces it, ``"none"`` disables it.
+    ``device_resident="auto"`` keeps decoded uint8 datasets on ``device`` (:class:`TensorBatchSource`)
+    and streams large-image folders through a DataLoader (:class:`LoaderBatchSource`); ``"on"``/``"off"``
+    force one path (``"on"`` fails for large-image folders). ``image_size`` resizes decoded datasets,
+    or sets the crop size of large-image folders (224 by default). ``mean``/``std`` override the
+    dataset's normalization. ``dataset_options`` go to the reader (e.g. ``num_classes``, ``channels``,
+    ``num_train``, ``num_test`` for ``synthetic``).
+    """
+    spec = DATASETS.get(name)
+    augment = _choice(augment, AUGMENT_MODES, "augment")
+    device_resident = _choice(device_resident, RESIDENCY_MODES, "device_resident")
+    if spec.needs_root and root is None:
+        raise ValueError(f"dataset {name!r} is read from disk: pass its root folder")
+    raw = spec.load(root, image_size=image_size, **dataset_options)
+    train_pos, val_pos = split_train_val(raw.train.targets, val_fraction, split_seed)
+    train_pos = train_pos[take_subset(raw.train.targets[train_pos], subset, split_seed)]
+    train = raw.train.select(train_pos)
+    val = raw.train.select(val_pos) if val_pos is not None else None
+    if drop_last and len(train) < batch_size:
+        raise ValueError(f"the training split has {len(train)} samples, fewer than batch_size {batch_size}")
+
+    decoded = train.decoded
+    resident = decoded if device_resident == "auto" else device_resident == "on"
+    if resident and not decoded:
+        raise ValueError(
+            f"device_resident='on' needs decoded images, but {root} holds large images read lazily;"
+            " use 'auto' or 'off', or set image_size <= 64 to decode them up front"
+        )
+    norm_mean, norm_std = _normalization(mean, std, spec, train)
+    size = image_size or LARGE_IMAGE_SIZE
+    shape = tuple(train.images.shape[1:]) if decoded else (3, size, size)
+    if len(norm_mean) != shape[0] or len(norm_std) != shape[0]:
+        raise ValueError(f"mean/std have {len(norm_mean)}/{len(norm_std)} values for {shape[0]} channels")
+    common = _Common(norm_mean, norm_std, torch.device(device), seed, rank, world_size)
+    train_args = {"batch_size": batch_size, "shuffle": True, "drop_last": drop_last}
+    eval_args = {"batch_size": eval_batch_size, "shuffle": False}
+
+    if resident:
+        crop = _crop_flip(augment, spec, shape)
+        train_src: BatchSource = _tensor_source(train, common, augment=crop, **train_args)
+        val_src = _tensor_source(val, common, **eval_args) if val is not None else None
+        test_src: BatchSource = _tensor_source(raw.test, common, **eval_args)
+    else:
+        if decoded:
+            crop = _crop_flip(augment, spec, shape)
+            train_tf = crop_flip_transform(crop, shape[1], shape[2]) if crop is not None else None
+            eval_tf = None
+        else:
+            plain = augment == "none" or (augment == "default" and not spec.augment_by_default)
+            train_tf = large_eval_transform(size) if plain else large_train_transform(size)
+            eval_tf = large_eval_transform(size)
+        train_src = _loader_source(train, train_tf, common, num_workers, **train_args)
+        val_src = _loader_source(val, eval_tf, common, num_workers, **eval_args) if val is not None else None
+        test_src = _loader_source(raw.test, eval_tf, common, num_workers, **eval_args)
+
+    return DataBundle(
+        train=train_src,
+        val=val_src,
+        test=test_src,
+        num_classes=len(raw.classes),
+        classes=list(raw.classes),
+        input_shape=shape,
+        mean=norm_mean,
+        std=norm_std,
+        train_targets=train.targets.clone(),
+    )

@@ -1,0 +1,79 @@
+"""The fast path: a whole uint8 split resident on the training device, batched by indexing.
+
+Order, sharding and augmentation parameters come from :mod:`kdlab.data.order` (a pure function of
+``(seed, epoch)``); crop/flip and normalization run on whole batches on the device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import Tensor
+
+from kdlab.data.augment import CropFlip, Normalize, crop_flip
+from kdlab.data.batch import Batch
+from kdlab.data.order import Plan, epoch_generator
+
+
+class TensorBatchSource:
+    """A :class:`~kdlab.data.batch.BatchSource` over uint8 images held on ``device``.
+
+    ``batch_size`` is global (all ranks); this rank yields batches of ``batch_size // world_size``.
+    With ``shuffle`` (training) the order is a fresh permutation per epoch, padded and sharded like
+    ``DistributedSampler``; without it (evaluation) every sample is yielded exactly once across ranks
+    and ranks may hold one sample more or less (see :mod:`kdlab.data.order`).
+    """
+
+    def __init__(
+        self,
+        images: Tensor,
+        targets: Tensor,
+        *,
+        batch_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        device: torch.device | str,
+        shuffle: bool,
+        seed: int = 0,
+        augment: CropFlip | None = None,
+        drop_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if images.dtype != torch.uint8 or images.ndim != 4:
+            raise ValueError(f"expected uint8 N x C x H x W images, got {images.dtype} {tuple(images.shape)}")
+        device = torch.device(device)
+        self.plan = Plan(len(images), batch_size, shuffle, drop_last, rank, world_size)
+        self.num_samples = len(images)
+        self.images = images.to(device)
+        self.targets = targets.to(device=device, dtype=torch.int64)
+        self.augment = augment
+        self.seed = seed
+        self.device = device
+        self.normalize = Normalize(mean, std, device)
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[Batch]:
+        generator = epoch_generator(self.seed, self.epoch)
+        order = self.plan.order(generator)
+        positions = self.plan.positions()
+        indices = order[positions].to(self.device, non_blocking=True)
+        params = None
+        if self.augment is not None:
+            drawn = self.augment.draw(self.num_samples, generator)
+            params = [p[self.plan.sample_slots(positions)].to(self.device, non_blocking=True) for p in drawn]
+        step = self.plan.rank_batch_size
+        for start in range(0, len(indices), step):
+            idx = indices[start : start + step]
+            images = self.images.index_select(0, idx)
+            if params is not None:
+                top, left, flip = (p[start : start + step] for p in params)
+                images = crop_flip(images, top, left, flip, self.augment.padding)
+            yield Batch(self.normalize(images), self.targets.index_select(0, idx), idx)

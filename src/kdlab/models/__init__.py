@@ -1,0 +1,18 @@
+"""Models by name: the CIFAR zoo, small CNNs, torchvision and timm; stage presets and feature taps."""
+
+from kdlab.models import cifar, small_cnn
+from kdlab.models.hooks import FeatureTaps, TapPoint
+from kdlab.models.presets import StagePreset
+from kdlab.models.registry import build_model, list_models, register_model, stage_preset
+
+__all__ = [
+    "FeatureTaps",
+    "StagePreset",
+    "TapPoint",
+    "build_model",
+    "cifar",
+    "list_models",
+    "register_model",
+    "small_cnn",
+    "stage_preset",
+]

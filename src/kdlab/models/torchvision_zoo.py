@@ -1,0 +1,78 @@
+"""Stock torchvision classifiers by name (``torchvision:NAME``), with their heads resized.
+
+Weights come from torchvision's weights API: ``pretrained=True`` takes
+``get_model_weights(NAME).DEFAULT`` (downloaded to the torch hub cache on first use); a path loads a
+state dict saved from the same architecture.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from torch import nn
+from torchvision import models as tv_models
+
+from kdlab.models.detect import detect_stage_preset, last_linear
+from kdlab.models.hooks import TapPoint
+from kdlab.models.presets import StagePreset
+from kdlab.models.surgery import adapt_input_conv, load_weights, resize_head
+from kdlab.registry import UnknownNameError, closest
+
+PREFIX = "torchvision:"
+
+RESNET_PRESET = StagePreset(
+    stages=tuple(TapPoint(f"layer{i}") for i in (1, 2, 3, 4)),
+    stem=TapPoint("relu"),
+    classifier="fc",
+    notes="torchvision blocks apply one in-place ReLU module twice: no pre-activation taps",
+)
+RESNET_FAMILIES = ("resnet", "resnext", "wide_resnet")
+
+
+def _check_name(name: str) -> None:
+    known = tv_models.list_models(module=tv_models)
+    if name not in known:
+        raise UnknownNameError(f"unknown torchvision model {name!r}{closest(name, known)}")
+
+
+def classifier_path(name: str, model: nn.Module) -> str:
+    """Module path of the classification head of torchvision model ``name``."""
+    return "fc" if name.startswith(RESNET_FAMILIES) else last_linear(model)
+
+
+def build_torchvision(
+    name: str,
+    num_classes: int,
+    pretrained: bool | str | os.PathLike[str],
+    in_channels: int | None,
+    kwargs: dict[str, Any],
+) -> nn.Module:
+    """``torchvision.models.get_model(name)`` with ``num_classes`` outputs and ``in_channels`` inputs."""
+    _check_name(name)
+    try:
+        if pretrained is True:
+            weights = tv_models.get_model_weights(name).DEFAULT
+            model = tv_models.get_model(name, weights=weights, **kwargs)
+        else:
+            model = tv_models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
+    except TypeError as err:
+        raise ValueError(f"torchvision model {name!r}: {err}") from err
+    if in_channels is not None:
+        adapt_input_conv(model, in_channels, keep_weights=pretrained is True)
+    head = classifier_path(name, model)
+    if pretrained is True:
+        resize_head(model, head, num_classes)
+    elif pretrained:
+        load_weights(model, pretrained, head, num_classes)
+    return model
+
+
+def torchvision_preset(name: str, model: nn.Module | None = None) -> StagePreset:
+    """The hand-written preset of ResNet-like families; otherwise one detected on ``model`` (built
+    with random weights when not given)."""
+    if name.startswith(RESNET_FAMILIES):
+        return RESNET_PRESET
+    if model is None:
+        model = build_torchvision(name, 1000, False, None, {})
+    return detect_stage_preset(model)

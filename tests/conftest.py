@@ -1,0 +1,28 @@
+import pytest
+import torch
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture
+def digits_config(tmp_path):
+    """A small, fast run on scikit-learn digits; tests override what they need."""
+
+    def make(**sections):
+        tree = {
+            "data": {"name": "digits", "batch_size": 64, "val_fraction": 0.2},
+            "student": {"name": "cnn_tiny"},
+            "method": {"name": "ce"},
+            "optim": {"name": "sgd", "lr": 0.05, "weight_decay": 5e-4},
+            "schedule": {"name": "multistep", "milestones": [2]},
+            "train": {"epochs": 3, "precision": "fp32", "progress": False, "log_every": 5},
+            "out_dir": str(tmp_path / "runs"),
+        }
+        for key, value in sections.items():
+            if isinstance(value, dict) and isinstance(tree.get(key), dict):
+                tree[key] = {**tree[key], **value}
+            else:
+                tree[key] = value
+        return tree
+
+    return make

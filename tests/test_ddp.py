@@ -1,0 +1,48 @@
+"""Two CPU processes under torchrun (gloo) train to the same weights as one process, same global batch."""
+
+import json
+import os
+import subprocess
+import sys
+
+import torch
+import yaml
+
+from kdlab.engine.checkpoint import load
+
+
+def write_config(tmp_path, name):
+    config = {
+        "data": {"name": "digits", "batch_size": 32, "val_fraction": 0.2, "augment": "none"},
+        "student": {"name": "cnn_tiny", "kwargs": {"batchnorm": False}},
+        "method": {"name": "ce"},
+        "optim": {"name": "sgd", "lr": 0.1},
+        "train": {"steps": 12, "eval_every": 6, "precision": "fp32", "progress": False},
+        "out_dir": str(tmp_path),
+        "name": name,
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def run(args):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_two_gloo_processes_match_one_process(tmp_path):
+    run([sys.executable, "-m", "kdlab.cli.main", "train", str(write_config(tmp_path, "single")), "--quiet"])
+    run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "kdlab.cli.main", "train", str(write_config(tmp_path, "ddp")), "--quiet"])
+    single, ddp = load(tmp_path / "single" / "last.pt"), load(tmp_path / "ddp" / "last.pt")
+    assert single["step"] == ddp["step"] == 12
+    for key, value in single["model"].items():
+        torch.testing.assert_close(ddp["model"][key], value, rtol=1e-4, atol=1e-5, msg=key)
+    single_summary = json.loads((tmp_path / "single" / "summary.json").read_text())
+    ddp_summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    assert ddp_summary["world_size"] == 2
+    for split in ("val_last", "test_last"):
+        assert ddp_summary[split]["n"] == single_summary[split]["n"] > 0
+        assert abs(ddp_summary[split]["top1"] - single_summary[split]["top1"]) < 0.5
