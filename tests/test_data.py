@@ -338,6 +338,30 @@ def test_registry_lists_every_dataset() -> None:
     )
 
 
+def test_dataset_defaults_for_normalization_and_augmentation(tmp_path: Path) -> None:
+    write_cifar10(tmp_path / "cifar")
+    write_mnist(tmp_path / "mnist", gz=False)
+    options = {"batch_size": 4, "device": "cpu", "seed": 0, "val_fraction": 0.0}
+    cifar = build_data("cifar10", tmp_path / "cifar", **options)
+    assert cifar.mean == (0.4914, 0.4822, 0.4465) and cifar.train.augment == CropFlip(4, True)
+    mnist = build_data("mnist", tmp_path / "mnist", **options)
+    assert mnist.std == (0.3081,) and mnist.train.augment is None and mnist.input_shape == (1, 28, 28)
+    assert build_data("mnist", tmp_path / "mnist", augment="standard", **options).train.augment == CropFlip(
+        2, False
+    )
+    assert build_data("cifar10", tmp_path / "cifar", augment="none", **options).train.augment is None
+    resized = build_data("mnist", tmp_path / "mnist", image_size=32, **options)
+    assert resized.input_shape == (1, 32, 32) and next(iter(resized.test)).inputs.shape[1:] == (1, 32, 32)
+    folder = build_data("imagefolder", write_tree(tmp_path / "tree", tree_files()), **options)
+    assert folder.mean == (0.485, 0.456, 0.406) and folder.train.augment == CropFlip(1, True)
+
+
+def test_large_images_cannot_be_device_resident(tmp_path: Path) -> None:
+    root = write_tree(tmp_path / "tree", tree_files(size=(80, 80)))
+    with pytest.raises(ValueError, match="device_resident='on' needs decoded images"):
+        build_data("imagefolder", root, batch_size=4, device="cpu", seed=0, device_resident="on")
+
+
 # ---------------------------------------------------------------- splits
 
 

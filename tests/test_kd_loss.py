@@ -15,7 +15,7 @@ def test_kd_loss_matches_hand_computed_value():
     pt = [math.exp(v / t) for v in (3.0, 2.0, 1.0)]
     ps = [v / sum(ps) for v in ps]
     pt = [v / sum(pt) for v in pt]
-    expected = t * t * sum(p * (math.log(p) - math.log(q)) for p, q in zip(pt, ps))
+    expected = t * t * sum(p * (math.log(p) - math.log(q)) for p, q in zip(pt, ps, strict=True))
     assert kd_loss(student, teacher, temperature=t).item() == pytest.approx(expected, rel=1e-6)
 
 

@@ -27,6 +27,7 @@ from kdlab.config.schema import ModelConfig, RunConfig
 from kdlab.data import DataBundle, build_data
 from kdlab.engine import checkpoint, distributed
 from kdlab.engine.callbacks import Callback
+from kdlab.engine.stages import plan_stages
 from kdlab.engine.trainer import Trainer
 from kdlab.methods import DistillContext, build_distiller
 from kdlab.models import build_model
@@ -174,8 +175,8 @@ def train(
         if not resume_from.is_file():
             raise ConfigError(f"--resume: {resume_from} not found; nothing to resume")
 
-    trainer = Trainer(distiller, data.train, data.val, optim=config.optim, schedule=config.schedule,
-                      train=config.train, device=device, run_dir=run_dir, callbacks=callbacks,
+    trainer = Trainer(distiller, data.train, data.val, stages=plan_stages(config), train=config.train,
+                      device=device, run_dir=run_dir, callbacks=callbacks,
                       config=config.model_dump(mode="json"))
     started = time.perf_counter()
     final_val = trainer.fit(resume_from=resume_from)

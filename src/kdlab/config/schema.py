@@ -72,6 +72,32 @@ class ScheduleConfig(Section):
     min_lr: float = Field(0.0, ge=0)
 
 
+class StageConfig(Section):
+    """One stage of a multi-stage run (FitNet's hint stage, init stages, stage-by-stage KD).
+
+    ``optim`` and ``schedule`` hold only what differs from the top-level sections; ``weights`` overrides
+    the method's loss-term weights for this stage; ``freeze`` lists module paths of the distiller
+    (``student.layer1``, ``connector``) whose parameters are frozen and whose norm layers stay in eval
+    mode; ``train_only``, when set, freezes everything except the listed paths.
+    """
+
+    name: str
+    epochs: int | None = Field(None, gt=0)
+    steps: int | None = Field(None, gt=0)
+    optim: dict[str, Any] = Field(default_factory=dict)
+    schedule: dict[str, Any] = Field(default_factory=dict)
+    weights: dict[str, float] = Field(default_factory=dict)
+    freeze: list[str] = Field(default_factory=list)
+    train_only: list[str] | None = None
+    eval_every: int | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _budget(self) -> StageConfig:
+        if (self.epochs is None) == (self.steps is None):
+            raise ValueError(f"stage {self.name!r}: set exactly one of epochs or steps")
+        return self
+
+
 class TrainConfig(Section):
     epochs: int | None = Field(None, gt=0)
     steps: int | None = Field(None, gt=0, description="step budget; overrides epochs")
@@ -86,12 +112,7 @@ class TrainConfig(Section):
     select_metric: Literal["top1", "nll", "ece"] = "top1"
     device: str = "auto"
     progress: bool = True
-
-    @model_validator(mode="after")
-    def _budget(self) -> TrainConfig:
-        if self.epochs is None and self.steps is None:
-            raise ValueError("set train.epochs or train.steps")
-        return self
+    tensorboard: bool = Field(False, description="also log to RUN_DIR/tb (needs kdlab[tb])")
 
 
 class RunConfig(Section):
@@ -104,5 +125,18 @@ class RunConfig(Section):
     optim: OptimConfig = Field(default_factory=OptimConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     train: TrainConfig
+    stages: list[StageConfig] = Field(default_factory=list, description="multi-stage plan; see StageConfig")
     out_dir: str = "runs"
     name: str | None = None
+
+    @model_validator(mode="after")
+    def _budget(self) -> RunConfig:
+        has_budget = self.train.epochs is not None or self.train.steps is not None
+        if self.stages and has_budget:
+            raise ValueError("with 'stages', set epochs or steps per stage, not train.epochs/train.steps")
+        if not self.stages and not has_budget:
+            raise ValueError("set train.epochs or train.steps")
+        names = [stage.name for stage in self.stages]
+        if len(set(names)) != len(names):
+            raise ValueError(f"stage names must be unique: {names}")
+        return self

@@ -78,9 +78,11 @@ def _normalization(
     return channel_stats(train.images)
 
 
-def _crop_flip(augment: str, spec: DatasetSpec, shape: tuple[int, int, int]) -> CropFlip | None:
-    if augment == "none" or (augment == "default" and not spec.augment_by_default):
-        return None
+def _augments(augment: str, spec: DatasetSpec) -> bool:
+    return augment == "standard" or (augment == "default" and spec.augment_by_default)
+
+
+def _crop_flip(spec: DatasetSpec, shape: tuple[int, int, int]) -> CropFlip:
     padding = spec.padding if spec.padding is not None else max(1, min(shape[1:]) // 8)
     return CropFlip(padding, spec.flip)
 
@@ -148,7 +150,13 @@ def build_data(
     force one path (``"on"`` fails for large-image folders). ``image_size`` resizes decoded datasets,
     or sets the crop size of large-image folders (224 by default). ``mean``/``std`` override the
     dataset's normalization. ``dataset_options`` go to the reader (e.g. ``num_classes``, ``channels``,
-    ``num_train``, ``num_test`` for ``synthetic``).
+    ``num_train``, ``num_test``, ``data_seed`` for ``synthetic``).
+
+    Under DDP, training batches are sharded so that one step's per-rank batches together are the
+    single-process batch. Evaluation sources are sharded ``rank::world_size`` without padding: every
+    sample is evaluated exactly once across ranks, so ranks may yield one sample (and one batch) more or
+    less; sum correct/total counts across ranks rather than averaging per-rank means, and avoid
+    per-batch collectives during evaluation.
     """
     spec = DATASETS.get(name)
     augment = _choice(augment, AUGMENT_MODES, "augment")
@@ -179,20 +187,19 @@ def build_data(
     train_args = {"batch_size": batch_size, "shuffle": True, "drop_last": drop_last}
     eval_args = {"batch_size": eval_batch_size, "shuffle": False}
 
+    augmenting = _augments(augment, spec)
     if resident:
-        crop = _crop_flip(augment, spec, shape)
+        crop = _crop_flip(spec, shape) if augmenting else None
         train_src: BatchSource = _tensor_source(train, common, augment=crop, **train_args)
         val_src = _tensor_source(val, common, **eval_args) if val is not None else None
         test_src: BatchSource = _tensor_source(raw.test, common, **eval_args)
     else:
         if decoded:
-            crop = _crop_flip(augment, spec, shape)
-            train_tf = crop_flip_transform(crop, shape[1], shape[2]) if crop is not None else None
+            train_tf = crop_flip_transform(_crop_flip(spec, shape), *shape[1:]) if augmenting else None
             eval_tf = None
         else:
-            plain = augment == "none" or (augment == "default" and not spec.augment_by_default)
-            train_tf = large_eval_transform(size) if plain else large_train_transform(size)
             eval_tf = large_eval_transform(size)
+            train_tf = large_train_transform(size) if augmenting else eval_tf
         train_src = _loader_source(train, train_tf, common, num_workers, **train_args)
         val_src = _loader_source(val, eval_tf, common, num_workers, **eval_args) if val is not None else None
         test_src = _loader_source(raw.test, eval_tf, common, num_workers, **eval_args)

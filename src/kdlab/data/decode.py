@@ -1,17 +1,17 @@
 """Decoding image files to uint8 RGB tensors: one at a time (lazy path) or many in parallel.
 
-:func:`decode_many` decodes a stream of encoded images in chunks on a thread pool; JPEG chunks go through
-torchvision's batched ``decode_jpeg``, which releases the GIL, so reading (e.g. from a tar stream) and
-decoding overlap. Other formats use ``decode_image``, and Pillow for what torchvision cannot read (BMP,
-TIFF, PPM).
+:func:`decode_many` decodes a list of encoded images in chunks on a thread pool; JPEG chunks go through
+torchvision's batched ``decode_jpeg``, which runs without the GIL. Other formats use ``decode_image``,
+and Pillow for what torchvision cannot read (BMP, TIFF, PPM).
 """
 
 from __future__ import annotations
 
 import io
 import os
-from collections.abc import Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +46,13 @@ def image_size_of(data: bytes | Path, name: str) -> tuple[int, int]:
         raise DatasetFormatError(f"{name}: cannot read image header ({err})") from None
 
 
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as err:
+        raise DatasetFormatError(f"{path}: cannot read image file ({err})") from None
+
+
 def decode_bytes(data: bytes, name: str) -> Tensor:
     """An encoded image as a uint8 3 x H x W RGB tensor; unreadable data raises naming ``name``."""
     try:
@@ -63,11 +70,7 @@ def decode_bytes(data: bytes, name: str) -> Tensor:
 
 def decode_file(path: str | Path) -> Tensor:
     """The image file at ``path`` as a uint8 3 x H x W RGB tensor."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as err:
-        raise DatasetFormatError(f"{path}: cannot read image file ({err})") from None
-    return decode_bytes(data, str(path))
+    return decode_bytes(_read(Path(path)), str(path))
 
 
 def fit(image: Tensor, size: int | None, shape: tuple[int, int] | None, name: str) -> Tensor:
@@ -99,20 +102,13 @@ def _decode_chunk(
     return torch.stack([fit(img, size, shape, name) for img, (name, _) in zip(images, chunk, strict=True)])
 
 
-def _read(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as err:
-        raise DatasetFormatError(f"{path}: cannot read image file ({err})") from None
-
-
 def default_workers() -> int:
     """The number of CPU cores this process may use."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def decode_many(
-    items: Iterable[tuple[str, bytes | Path]],
+    items: Sequence[tuple[str, bytes | Path]],
     *,
     size: int | None,
     shape: tuple[int, int] | None,
@@ -121,20 +117,11 @@ def decode_many(
     """Decode ``(name, bytes-or-path)`` items, in order, into one uint8 N x 3 x H x W tensor.
 
     With ``size`` every image is resized to ``size`` x ``size``; otherwise every image must be ``shape``.
-    ``items`` is consumed lazily, so a reader feeding it overlaps with decoding.
+    Chunks of ``CHUNK`` images are read and decoded on a thread pool of ``workers`` (default: all cores).
     """
-    futures: list[Future[Tensor]] = []
-    with ThreadPoolExecutor(max_workers=workers or default_workers()) as pool:
-        chunk: list[tuple[str, bytes | Path]] = []
-        for item in items:
-            chunk.append(item)
-            if len(chunk) == CHUNK:
-                futures.append(pool.submit(_decode_chunk, chunk, size, shape))
-                chunk = []
-        if chunk:
-            futures.append(pool.submit(_decode_chunk, chunk, size, shape))
-        parts = [f.result() for f in futures]
-    if not parts:
+    if not items:
         h, w = (size, size) if size is not None else shape or (0, 0)
         return torch.empty(0, 3, h, w, dtype=torch.uint8)
-    return torch.cat(parts)
+    chunks = [items[i : i + CHUNK] for i in range(0, len(items), CHUNK)]
+    with ThreadPoolExecutor(max_workers=workers or default_workers()) as pool:
+        return torch.cat(list(pool.map(partial(_decode_chunk, size=size, shape=shape), chunks)))

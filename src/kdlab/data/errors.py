@@ -9,9 +9,6 @@ class DatasetNotFoundError(FileNotFoundError):
     Nothing is ever downloaded: the message tells the user what to fetch and where to put it.
     """
 
-    def __str__(self) -> str:
-        return str(self.args[0])
-
 
 class DatasetFormatError(ValueError):
     """A dataset file exists but its content is wrong (bad header, label out of range, undecodable)."""

@@ -170,7 +170,7 @@ def _read_folder(root: Path, image_size: int | None) -> RawDataset:
     cached = load_entry(path)
     if cached is not None:
         return _from_cache(cached)
-    images = decode_many(((str(p), p) for p in paths), size=image_size, shape=_probe_shape(sizes, image_size))
+    images = decode_many([(str(p), p) for p in paths], size=image_size, shape=_probe_shape(sizes, image_size))
     data = _decoded_dataset(entries, images, root)
     save_entry(_to_cache(data), path)
     return data
@@ -256,14 +256,11 @@ def _read_archive(archive: Path, image_size: int | None) -> RawDataset:
     stream = chain(head, members)
     if not _decide_decoded(image_size, sizes):
         return _lazy_dataset(_extract(stream, files_path), files_path)
-    entries: list[Entry] = []
-
-    def items() -> Iterator[tuple[str, bytes]]:
-        for entry, data in stream:
-            entries.append(entry)
-            yield _member_name(archive, entry), data
-
-    images = decode_many(items(), size=image_size, shape=_probe_shape(sizes, image_size))
+    members = list(stream)
+    entries = [entry for entry, _ in members]
+    items = [(_member_name(archive, entry), data) for entry, data in members]
+    del members
+    images = decode_many(items, size=image_size, shape=_probe_shape(sizes, image_size))
     data = _decoded_dataset(entries, images, archive)
     save_entry(_to_cache(data), tensor_path)
     return data

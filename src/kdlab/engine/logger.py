@@ -21,7 +21,10 @@ class MetricsLogger:
         self.path = run_dir / "metrics.jsonl" if run_dir is not None else None
         self._tb = None
         if tensorboard and run_dir is not None:
-            from torch.utils.tensorboard import SummaryWriter
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise ValueError("train.tensorboard needs tensorboard: pip install 'kdlab[tb]'") from None
 
             self._tb = SummaryWriter(str(run_dir / "tb"))
 

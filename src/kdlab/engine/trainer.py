@@ -20,14 +20,17 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from kdlab.config.load import ConfigError
 from kdlab.config.schema import OptimConfig, ScheduleConfig, TrainConfig
 from kdlab.data.batch import Batch, BatchSource
 from kdlab.engine import checkpoint, distributed
 from kdlab.engine.callbacks import Callback
+from kdlab.engine.freeze import StageFreezer, check_paths
 from kdlab.engine.logger import MetricsLogger
 from kdlab.engine.metrics import better, evaluate_model
 from kdlab.engine.optim import build_optimizer, build_scheduler
 from kdlab.engine.precision import resolve_precision
+from kdlab.engine.stages import Stage, StageClock
 from kdlab.methods.base import Distiller, DistillOutput
 
 CHECKPOINT_FORMAT = 1
@@ -54,15 +57,18 @@ class Trainer:
         train_data: BatchSource,
         val_data: BatchSource | None,
         *,
-        optim: OptimConfig,
-        schedule: ScheduleConfig,
         train: TrainConfig,
         device: torch.device,
+        stages: Sequence[Stage] | None = None,
+        optim: OptimConfig | None = None,
+        schedule: ScheduleConfig | None = None,
         run_dir: Path | None = None,
         callbacks: Sequence[Callback] = (),
         config: dict[str, Any] | None = None,
         select_model: str = "student",
     ) -> None:
+        """``stages`` is the run's plan; without it, one stage from ``optim``, ``schedule`` and the
+        budget in ``train`` (``epochs`` or ``steps``)."""
         self.cfg = train
         self.device = device
         self.train_data = train_data
@@ -80,25 +86,27 @@ class Trainer:
             self.distiller.student.compile()
             if self.distiller.teacher is not None:
                 self.distiller.teacher.compile()
-        self.model: nn.Module = distiller
-        if distributed.is_enabled():
-            ids = [device.index] if device.type == "cuda" else None
-            self.model = DistributedDataParallel(distiller, device_ids=ids)
 
+        if stages is None:
+            stages = [Stage("train", optim or OptimConfig(), schedule or ScheduleConfig(), train.epochs,
+                            train.steps)]
+        self.stages = list(stages)
         self.steps_per_epoch = len(train_data)
         if self.steps_per_epoch == 0:
             raise ValueError("the training split yields no batch: lower data.batch_size or use more data")
-        if train.steps is not None:
-            self.total_steps = train.steps
-            steps_per_unit, total_units = 1, float(train.steps)
-        else:
-            self.total_steps = train.epochs * self.steps_per_epoch
-            steps_per_unit, total_units = self.steps_per_epoch, float(train.epochs)
-        self.step_based = train.steps is not None
-        self.optimizer = build_optimizer(self.distiller, optim)
-        self.scheduler = build_scheduler(self.optimizer, schedule, steps_per_unit, total_units)
-        self.scaler = self.precision.grad_scaler()
-        self.params = [p for p in self.distiller.parameters() if p.requires_grad]
+        self.clock = StageClock(self.stages, self.steps_per_epoch)
+        self.total_steps = self.clock.total_steps
+        self.base_weights = dict(distiller.weights)
+        self.freezer = StageFreezer(self.distiller)
+        for i, stage in enumerate(self.stages):
+            check_paths(self.distiller, stage.freeze + (stage.train_only or ()), f"stages.{i}")
+            if stage.weights:
+                unknown = set(stage.weights) - set(self.base_weights)
+                if unknown:
+                    raise ConfigError(f"stages.{i}.weights: unknown loss term {sorted(unknown)[0]!r}; "
+                                      f"terms: {', '.join(self.base_weights)}")
+        self.stage_index = -1
+        self.model: nn.Module = distiller
 
         self.step = 0
         self.best: dict[str, Any] | None = None
@@ -109,23 +117,61 @@ class Trainer:
         self.train_time = 0.0
         self.images_seen = 0
         self.is_main = distributed.is_main()
-        self.logger = MetricsLogger(run_dir if self.is_main else None)
+        self.logger = MetricsLogger(run_dir if self.is_main else None, tensorboard=train.tensorboard)
 
     @property
     def epoch(self) -> float:
+        """Epochs of training done in the whole run."""
         return self.step / self.steps_per_epoch
+
+    @property
+    def stage(self) -> Stage:
+        return self.stages[self.stage_index]
+
+    @property
+    def stage_epoch(self) -> float:
+        """Epochs done in the current stage (what stage schedules and warm-ups count)."""
+        return (self.step - self.clock.starts[self.stage_index]) / self.steps_per_epoch
+
+    def enter_stage(self, index: int) -> None:
+        """Freeze, re-weight and build the optimizer, schedule, scaler and DDP wrapper of stage ``index``."""
+        self.stage_index = index
+        stage = self.stages[index]
+        self.freezer.apply(stage.freeze, stage.train_only)
+        self.distiller.weights = {**self.base_weights, **(stage.weights or {})}
+        self.distiller.stage = stage.name
+        if stage.step_based:
+            steps_per_unit, total_units = 1, float(stage.steps)
+        else:
+            steps_per_unit, total_units = self.steps_per_epoch, float(stage.epochs)
+        self.optimizer = build_optimizer(self.distiller, stage.optim)
+        self.scheduler = build_scheduler(self.optimizer, stage.schedule, steps_per_unit, total_units)
+        self.scaler = self.precision.grad_scaler()
+        self.params = [p for p in self.distiller.parameters() if p.requires_grad]
+        self.model = self.distiller
+        if distributed.is_enabled():
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = DistributedDataParallel(self.distiller, device_ids=ids,
+                                                 find_unused_parameters=len(self.stages) > 1)
+        for callback in self.callbacks:
+            callback.on_stage_start(self)
 
     # ------------------------------------------------------------------ training
     def fit(self, resume_from: Path | None = None) -> dict[str, dict[str, float]]:
         """Train to the end of the budget (or until a callback stops it); returns the last evaluation."""
         if resume_from is not None:
             self.load_checkpoint(resume_from)
+        else:
+            self.enter_stage(0)
         for callback in self.callbacks:
             callback.on_fit_start(self)
         bar = tqdm(total=self.total_steps, initial=self.step, unit="step", dynamic_ncols=True,
                    disable=not (self.cfg.progress and self.is_main), leave=False)
         try:
             while self.step < self.total_steps and not self.should_stop:
+                index = self.clock.stage_of(self.step)
+                if index != self.stage_index:
+                    self.enter_stage(index)
                 self._run_epoch(bar)
         finally:
             bar.close()
@@ -137,9 +183,12 @@ class Trainer:
         return self.last_eval
 
     def _run_epoch(self, bar: tqdm) -> None:
-        epoch, skip = divmod(self.step, self.steps_per_epoch)
+        """Up to one pass over the data, ending early at the end of the stage."""
+        epoch, skip = self.clock.data_epoch(self.step)
+        stage_end = self.clock.end_of(self.stage_index)
+        eval_every = self.stage.eval_every or self.cfg.eval_every
         self.train_data.set_epoch(epoch)
-        self.distiller.train()
+        self.freezer.train()
         window_start, window_images = time.perf_counter(), 0
         for index, batch in enumerate(self.train_data):
             if index < skip:
@@ -160,25 +209,28 @@ class Trainer:
                 self._log_train(output, loss, window_images / max(elapsed, 1e-9), bar)
                 window_start, window_images = time.perf_counter(), 0
             self.train_time += time.perf_counter() - started
-            if self.step_based and self.step % self.cfg.eval_every == 0:
+            local = self.step - self.clock.starts[self.stage_index]
+            if self.stage.step_based and local % eval_every == 0 and self.step < stage_end:
                 self._evaluate_and_save()
-            if self.step >= self.total_steps or self.should_stop:
+            if self.step >= stage_end or self.should_stop:
                 break
-        if self.step % self.steps_per_epoch == 0:
+        local = self.step - self.clock.starts[self.stage_index]
+        stage_done = self.step >= stage_end or self.should_stop
+        if local % self.steps_per_epoch == 0 or stage_done:
             for callback in self.callbacks:
                 callback.on_epoch_end(self)
-            if not self.step_based:
-                completed = self.step // self.steps_per_epoch
-                final = self.step >= self.total_steps or self.should_stop
-                if completed % self.cfg.eval_every == 0 or final:
-                    self._evaluate_and_save()
-                else:
-                    self.save_checkpoint()
+        if stage_done:
+            self._evaluate_and_save()
+        elif not self.stage.step_based and local % self.steps_per_epoch == 0:
+            if (local // self.steps_per_epoch) % eval_every == 0:
+                self._evaluate_and_save()
+            else:
+                self.save_checkpoint()
 
     def _train_step(self, batch: Batch) -> tuple[DistillOutput, Tensor]:
         if self.cfg.channels_last and batch.inputs.dim() == 4:
             batch = batch._replace(inputs=batch.inputs.contiguous(memory_format=self.memory_format))
-        self.distiller.progress = self.epoch
+        self.distiller.progress = self.stage_epoch
         with self.precision.autocast():
             output: DistillOutput = self.model(batch)
         loss = self.distiller.weighted_total(output.losses)
@@ -197,16 +249,16 @@ class Trainer:
             return
         terms = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in output.losses.items())
         raise NonFiniteLossError(
-            f"loss became {float(loss.detach()):.4g} at step {self.step} (epoch {self.epoch:.2f}); terms: {terms}. "
-            "Lower optim.lr, set train.grad_clip, or use train.precision=fp32"
+            f"loss became {float(loss.detach()):.4g} at step {self.step} (epoch {self.epoch:.2f}); "
+            f"terms: {terms}. Lower optim.lr, set train.grad_clip, or use train.precision=fp32"
         )
 
     def _log_train(self, output: DistillOutput, loss: Tensor, images_per_s: float, bar: tqdm) -> None:
         terms = {k: float(v.detach()) for k, v in output.losses.items()}
         total = float(loss.detach())
         lr = self.optimizer.param_groups[0]["lr"]
-        self.logger.log("train", self.step, epoch=round(self.epoch, 4), lr=lr, loss=total,
-                        **terms, img_per_s=round(images_per_s, 1),
+        self.logger.log("train", self.step, stage=self.stage.name, epoch=round(self.epoch, 4), lr=lr,
+                        loss=total, **terms, img_per_s=round(images_per_s, 1),
                         peak_mem_mb=round(peak_memory_mb(self.device), 1))
         bar.set_postfix(loss=f"{total:.4f}", img_s=f"{images_per_s:.0f}", refresh=False)
         if bar.disable and self.is_main:
@@ -230,8 +282,8 @@ class Trainer:
         if self.val_data is not None:
             for name, model in self.eval_models().items():
                 results[name] = self.evaluate(model, self.val_data)
-                self.logger.log("eval", self.step, split="val", model=name, epoch=round(self.epoch, 4),
-                                **results[name])
+                self.logger.log("eval", self.step, stage=self.stage.name, split="val", model=name,
+                                epoch=round(self.epoch, 4), **results[name])
                 if self.is_main:
                     r = results[name]
                     message = (f"step {self.step} epoch {self.epoch:.2f} val {name}: top1 {r['top1']:.2f} "
@@ -247,7 +299,8 @@ class Trainer:
         self.save_checkpoint()
 
     def _update_best(self, results: dict[str, dict[str, float]]) -> None:
-        if self.select_model not in results:
+        """Track the best validation score of the selected model, in the final stage only."""
+        if self.select_model not in results or self.stage_index != len(self.stages) - 1:
             return
         metric = self.cfg.select_metric
         value = results[self.select_model][metric]
@@ -285,6 +338,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "rng": checkpoint.rng_state(),
             "step": self.step,
+            "stage": self.stage_index,
             "best": self.best,
             "train_time": self.train_time,
             "images_seen": self.images_seen,
@@ -302,19 +356,21 @@ class Trainer:
         if state.get("format") != CHECKPOINT_FORMAT or "optimizer" not in state:
             raise checkpoint.CheckpointError(f"{path}: not a resumable kdlab checkpoint")
         self.distiller.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        checkpoint.set_rng_state(state["rng"])
         self.step = state["step"]
+        if self.step > self.total_steps:
+            raise checkpoint.CheckpointError(
+                f"{path}: the run is at step {self.step}, past this config's budget of {self.total_steps}")
+        self.enter_stage(self.clock.stage_of(self.step))
+        if state["stage"] == self.stage_index:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.scaler.load_state_dict(state["scaler"])
+        checkpoint.set_rng_state(state["rng"])
         self.best = state["best"]
         self.train_time = state["train_time"]
         self.images_seen = state["images_seen"]
         for callback in self.callbacks:
             callback.load_state_dict(state["callbacks"].get(callback.name, {}))
-        if self.step > self.total_steps:
-            raise checkpoint.CheckpointError(
-                f"{path}: the run is at step {self.step}, past this config's budget of {self.total_steps}")
 
     @property
     def images_per_second(self) -> float:

@@ -83,6 +83,7 @@ class Distiller(nn.Module):
         self.context = context
         self.weights: dict[str, float] = dict(self.default_weights)
         self.progress = 0.0
+        self.stage = ""
         self.__dict__["_teacher"] = None
         self._teacher_input: tuple[Tensor, Tensor] | None = None
         if teacher is not None:

@@ -24,6 +24,7 @@ from kdlab.models.hooks import TapPoint
 from kdlab.models.presets import StagePreset
 
 _GLOBAL_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+_MAX_EXPANSIONS = 4
 
 
 @dataclass
@@ -102,17 +103,18 @@ def _expand(candidates: list[tuple[str, nn.Module]], calls: list[_Call]) -> list
     return expanded
 
 
-def detect_stage_preset(model: nn.Module, input_size: int = 224, max_depth: int = 4) -> StagePreset:
+def detect_stage_preset(model: nn.Module, input_size: int = 224) -> StagePreset:
     """A :class:`StagePreset` for ``model`` found from a ``1 x C x input_size x input_size`` forward."""
     device = next(model.parameters()).device
     image = torch.zeros(1, input_channels(model), input_size, input_size, device=device)
     candidates = list(model.named_children())
-    for _ in range(max_depth):
-        calls = _trace(model, candidates, image)
+    calls = _trace(model, candidates, image)
+    for _ in range(_MAX_EXPANSIONS):
         expanded = _expand(candidates, calls)
         if [p for p, _ in expanded] == [p for p, _ in candidates]:
             break
         candidates = expanded
+        calls = _trace(model, candidates, image)
     groups: list[list[_Call]] = []
     for call in calls:
         if call.out_size is None or isinstance(call.module, _GLOBAL_POOLS):

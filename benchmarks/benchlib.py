@@ -1,0 +1,134 @@
+"""Shared helpers of the benchmark scripts: machine facts, peak memory, subprocess workers, tables.
+
+Nothing here is part of kdlab; the scripts in this folder import it as a sibling module (``python
+benchmarks/<script>.py`` puts this folder on ``sys.path``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+TD_VENV = REPO / ".venv-torchdistill"
+TD_PYTHON = TD_VENV / "bin" / "python"
+RESULT_TAG = "BENCH_RESULT "
+
+
+# ---------------------------------------------------------------- machine and process facts
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model, core count, ISA features that matter for bf16, torch/python versions, load average."""
+    import torch
+
+    flags = cpu_flags()
+    return {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "amx_bf16": "amx_bf16" in flags,
+        "avx512_bf16": "avx512_bf16" in flags,
+        "mkldnn_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "loadavg_at_start": os.getloadavg(),
+    }
+
+
+def current_rss_mib() -> float:
+    """Resident set size of this process now (not its peak), in MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def peak_rss_mib(children: bool = False) -> float:
+    """Peak resident set size (``ru_maxrss``) of this process, or of its largest reaped child, in MiB."""
+    who = resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF
+    return resource.getrusage(who).ru_maxrss / 1024
+
+
+def emit(result: dict[str, Any]) -> None:
+    """Print a worker's result as one tagged JSON line on stdout (the parent parses it)."""
+    print(RESULT_TAG + json.dumps(result), flush=True)
+
+
+def run_worker(argv: Sequence[str], log_path: Path, timeout: float | None = None) -> dict[str, Any]:
+    """Run one worker subprocess, keep its whole output in ``log_path``, return its tagged JSON result."""
+    started = time.perf_counter()
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    with log_path.open("w") as log:
+        proc = subprocess.run(list(argv), stdout=subprocess.PIPE, stderr=log, text=True, env=env,
+                              timeout=timeout, cwd=REPO)
+        log.write("\n--- stdout ---\n" + proc.stdout)
+    results = [line[len(RESULT_TAG):] for line in proc.stdout.splitlines() if line.startswith(RESULT_TAG)]
+    if proc.returncode != 0 or not results:
+        tail = log_path.read_text()[-3000:]
+        raise RuntimeError(f"worker {' '.join(argv)} failed (exit {proc.returncode}); log {log_path}:\n{tail}")
+    result = json.loads(results[-1])
+    result["process_wall_s"] = round(time.perf_counter() - started, 2)
+    return result
+
+
+def steady_rate(step_ends: Sequence[float], warmup: int, batch_size: int) -> float:
+    """Images per second between the end of the last warm-up step and the end of the last step."""
+    measured = len(step_ends) - warmup
+    if warmup < 1 or measured < 1:
+        raise ValueError("need at least one warm-up step and one measured step")
+    return batch_size * measured / (step_ends[-1] - step_ends[warmup - 1])
+
+
+def median(values: Sequence[float]) -> float:
+    return float(statistics.median(values))
+
+
+def spread(values: Sequence[float]) -> str:
+    """``min..max`` of the repeats, for the table."""
+    return f"{min(values):.1f}..{max(values):.1f}"
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def python_for_torchdistill(path: str | None) -> Path | None:
+    """The interpreter of the torchdistill venv, or None when it is missing."""
+    candidate = Path(path) if path else TD_PYTHON
+    return candidate if candidate.exists() else None
+
+
+def this_python() -> str:
+    return sys.executable
