@@ -47,6 +47,8 @@ class Plan:
     def __post_init__(self) -> None:
         if not 0 <= self.rank < self.world_size:
             raise ValueError(f"rank {self.rank} is outside 0..{self.world_size - 1}")
+        if self.shuffle and self.num_samples == 0:
+            raise ValueError("cannot shuffle an empty split")
         if self.batch_size < self.world_size:
             raise ValueError(f"batch_size {self.batch_size} is smaller than world_size {self.world_size}")
         if self.shuffle and self.batch_size % self.world_size:

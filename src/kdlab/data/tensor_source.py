@@ -67,8 +67,9 @@ class TensorBatchSource:
         indices = order[positions].to(self.device, non_blocking=True)
         params = None
         if self.augment is not None:
+            slots = self.plan.sample_slots(positions)
             drawn = self.augment.draw(self.num_samples, generator)
-            params = [p[self.plan.sample_slots(positions)].to(self.device, non_blocking=True) for p in drawn]
+            params = [p[slots].to(self.device, non_blocking=True) for p in drawn]
         step = self.plan.rank_batch_size
         for start in range(0, len(indices), step):
             idx = indices[start : start + step]

@@ -268,7 +268,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ evaluation
     def eval_models(self) -> dict[str, nn.Module]:
-        models: dict[str, nn.Module] = {"student": self.distiller.student}
+        models: dict[str, nn.Module] = {"student": self.distiller.student, **self.distiller.eval_models()}
         for callback in self.callbacks:
             models.update(callback.eval_models(self))
         return models

@@ -136,6 +136,10 @@ class Distiller(nn.Module):
             raise ValueError(f"every loss term of {type(self).__name__} has weight 0")
         return total
 
+    def eval_models(self) -> dict[str, nn.Module]:
+        """Models evaluated beside the student, by name (e.g. the other peers of an online cohort)."""
+        return {}
+
     def extra_parameter_count(self) -> int:
         """Trainable parameters the method adds beyond the student (connectors, embeddings)."""
         student = {id(p) for p in self.student.parameters()}
