@@ -1,0 +1,346 @@
+"""KD training throughput: kdlab's Trainer vs a bare PyTorch loop vs torchdistill, on this machine.
+
+resnet32x4 (teacher: frozen, eval mode, no-grad) -> resnet8x4, batch 64, synthetic 32x32 images with
+100 classes, SGD(lr 0.05, momentum 0.9, weight decay 5e-4), Hinton KD with T=4 (ce 0.1 + kd 0.9).
+
+Every measurement runs in its own subprocess, so each has a clean peak RSS (``ru_maxrss``) and no
+state (allocator caches, oneDNN primitive caches, autotuning) leaks from one variant into another.
+Variants are interleaved (kdlab, bare, ..., torchdistill; the next repeat in the opposite order) and the
+median over repeats is reported. Throughput is measured over the steady state: from the end of the
+last warm-up step to the end of the last step, data loading and all per-step bookkeeping included.
+
+  (a) kdlab: ``kdlab.run.train`` on a synthetic-data config (device-resident data, the Trainer's
+      defaults: tqdm bar, per-step finiteness check on CPU, logging every 50 steps), no run directory.
+  (b) bare: a hand-written loop over the very batches kdlab's data source yields (materialized before
+      timing), the same models, autocast dtype, channels_last setting and optimizer.
+  (c) torchdistill 1.1.5 (its DistillationBox, KDLoss from a YAML config, fp32, a DataLoader over a
+      per-sample PIL/torchvision transform pipeline), run in the ``.venv-torchdistill`` interpreter by
+      ``benchmarks/td_worker.py`` on the same synthetic images and the same kdlab-zoo models.
+
+Usage: python benchmarks/throughput.py [--steps 10 --warmup 3 --repeats 3] [--out PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import benchlib
+
+TEACHER, STUDENT, NUM_CLASSES, BATCH, TEMPERATURE = "resnet32x4", "resnet8x4", 100, 64, 4.0
+LR, MOMENTUM, WEIGHT_DECAY, W_CE, W_KD = 0.05, 0.9, 5e-4, 0.1, 0.9
+
+
+# ---------------------------------------------------------------- shared by the kdlab-side workers
+def kdlab_tree(precision: str, channels_last: bool, total_steps: int, seed: int) -> dict[str, Any]:
+    """The kdlab run config of the benchmark (one epoch of ``total_steps`` batches of synthetic data)."""
+    return {
+        "data": {
+            "name": "synthetic",
+            "batch_size": BATCH,
+            "val_fraction": 0.0,
+            "options": {"num_classes": NUM_CLASSES, "num_train": BATCH * total_steps, "num_test": 256},
+        },
+        "student": {"name": STUDENT},
+        "teacher": {"name": TEACHER},
+        "method": {"name": "kd", "weights": {"ce": W_CE, "kd": W_KD}, "params": {"temperature": TEMPERATURE}},
+        "optim": {"name": "sgd", "lr": LR, "momentum": MOMENTUM, "weight_decay": WEIGHT_DECAY},
+        "schedule": {"name": "constant"},
+        "train": {
+            "steps": total_steps,
+            "eval_every": total_steps,
+            "precision": precision,
+            "channels_last": channels_last,
+            "device": "cpu",
+            "seed": seed,
+        },
+    }
+
+
+def build_pair(seed: int):
+    """Teacher and student with the same initial weights in every worker."""
+    import torch
+
+    from kdlab.models import build_model
+
+    torch.manual_seed(seed)
+    teacher = build_model(TEACHER, NUM_CLASSES)
+    student = build_model(STUDENT, NUM_CLASSES)
+    return teacher, student
+
+
+def worker_kdlab(args: argparse.Namespace) -> dict[str, Any]:
+    from kdlab.config import validate
+    from kdlab.engine import Callback
+    from kdlab.run import train
+
+    class StepClock(Callback):
+        name = "step_clock"
+
+        def __init__(self) -> None:
+            self.ends: list[float] = []
+
+        def on_step_end(self, trainer) -> None:
+            self.ends.append(time.perf_counter())
+
+    baseline = benchlib.current_rss_mib()
+    total = args.warmup + args.steps
+    config = validate(kdlab_tree(args.precision, args.channels_last, total, args.seed), "benchmark")
+    teacher, student = build_pair(args.seed)
+    clock = StepClock()
+    result = train(config, student=student, teacher=teacher, callbacks=[clock], write=False)
+    if len(clock.ends) != total:
+        raise RuntimeError(f"expected {total} steps, the Trainer ran {len(clock.ends)}")
+    return {
+        "img_per_s": benchlib.steady_rate(clock.ends, args.warmup, BATCH),
+        "step_s": [round(b - a, 4) for a, b in itertools.pairwise(clock.ends)],
+        "precision": result.summary["precision"],
+        "baseline_rss_mib": baseline,
+        "peak_rss_mib": benchlib.peak_rss_mib(),
+    }
+
+
+def worker_bare(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+    import torch.nn.functional as F
+
+    from kdlab.config import validate
+    from kdlab.run import build_data_for
+
+    baseline = benchlib.current_rss_mib()
+    total = args.warmup + args.steps
+    config = validate(kdlab_tree(args.precision, args.channels_last, total, args.seed), "benchmark")
+    data = build_data_for(config, torch.device("cpu"))
+    data.train.set_epoch(0)
+    batches = [(b.inputs, b.targets) for b in itertools.islice(data.train, total)]
+    teacher, student = build_pair(args.seed)
+    teacher.eval().requires_grad_(False)
+    student.train()
+    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+    teacher.to(memory_format=fmt)
+    student.to(memory_format=fmt)
+    optimizer = torch.optim.SGD(student.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+    dtype = {"fp32": None, "bf16": torch.bfloat16}[args.precision]
+
+    ends = []
+    for inputs, targets in batches:
+        x = inputs.contiguous(memory_format=fmt)
+        with torch.autocast("cpu", dtype=dtype) if dtype else contextlib.nullcontext():
+            with torch.no_grad():
+                teacher_logits = teacher(x)
+            logits = student(x)
+            log_p_s = F.log_softmax(logits.float() / TEMPERATURE, dim=1)
+            log_p_t = F.log_softmax(teacher_logits.float() / TEMPERATURE, dim=1)
+            kd = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=1).mean() * TEMPERATURE**2
+            loss = W_CE * F.cross_entropy(logits.float(), targets) + W_KD * kd
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        ends.append(time.perf_counter())
+    return {
+        "img_per_s": benchlib.steady_rate(ends, args.warmup, BATCH),
+        "step_s": [round(b - a, 4) for a, b in itertools.pairwise(ends)],
+        "precision": args.precision,
+        "baseline_rss_mib": baseline,
+        "peak_rss_mib": benchlib.peak_rss_mib(),
+    }
+
+
+# ---------------------------------------------------------------- the parent: schedule, aggregate, report
+def variant_key(impl: str, precision: str, channels_last: bool) -> str:
+    return f"{impl}/{precision}/{'cl' if channels_last else 'nchw'}"
+
+
+def worker_argv(args: argparse.Namespace, impl: str, precision: str, channels_last: bool,
+                td_python: Path | None) -> list[str]:
+    common = ["--warmup", str(args.warmup), "--steps", str(args.steps), "--seed", str(args.seed)]
+    if impl == "torchdistill":
+        return [str(td_python), str(benchlib.HERE / "td_worker.py"), "throughput", *common,
+                "--workers", str(args.td_workers)]
+    argv = [benchlib.this_python(), str(Path(__file__).resolve()), "--worker", impl,
+            "--precision", precision, *common]
+    return argv + (["--channels-last"] if channels_last else [])
+
+
+def schedule(args: argparse.Namespace, td: bool) -> list[list[tuple[str, str, bool]]]:
+    """Per repeat, the variants in run order: kdlab/bare pairs, then torchdistill; odd repeats reversed."""
+    settings = [(p, cl) for p in args.precisions for cl in args.channels_last_modes]
+    base: list[tuple[str, str, bool]] = []
+    for precision, cl in settings:
+        base += [("kdlab", precision, cl), ("bare", precision, cl)]
+    if td:
+        base.append(("torchdistill", "fp32", False))
+    return [base if r % 2 == 0 else base[::-1] for r in range(args.repeats)]
+
+
+def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    out = {}
+    for key, results in runs.items():
+        rates = [r["img_per_s"] for r in results]
+        out[key] = {
+            "img_per_s_median": round(benchlib.median(rates), 2),
+            "img_per_s_all": [round(v, 2) for v in rates],
+            "peak_rss_mib_median": round(benchlib.median([r["peak_rss_mib"] for r in results]), 1),
+            "peak_rss_delta_mib_median": round(
+                benchlib.median([r["peak_rss_mib"] - r["baseline_rss_mib"] for r in results]), 1),
+        }
+        if "worker_peak_rss_mib" in results[0]:
+            out[key]["worker_peak_rss_mib_max"] = max(r["worker_peak_rss_mib"] for r in results)
+    return out
+
+
+def report(args: argparse.Namespace, stats: dict[str, dict[str, Any]],
+           runs: dict[str, list[dict[str, Any]]]) -> tuple[str, dict[str, Any]]:
+    lines, ratios = [], {}
+    rows = []
+    for precision, cl in [(p, c) for p in args.precisions for c in args.channels_last_modes]:
+        a, b = variant_key("kdlab", precision, cl), variant_key("bare", precision, cl)
+        if a not in stats or b not in stats:
+            continue
+        paired = [x["img_per_s"] / y["img_per_s"] for x, y in zip(runs[a], runs[b], strict=True)]
+        ratio = stats[a]["img_per_s_median"] / stats[b]["img_per_s_median"]
+        ratios[f"kdlab/bare {precision} {'cl' if cl else 'nchw'}"] = {
+            "ratio_of_medians": round(ratio, 3), "paired_ratios": [round(r, 3) for r in paired]}
+        rows.append([
+            precision, "on" if cl else "off",
+            f"{stats[a]['img_per_s_median']:.1f} ({benchlib.spread(stats[a]['img_per_s_all'])})",
+            f"{stats[b]['img_per_s_median']:.1f} ({benchlib.spread(stats[b]['img_per_s_all'])})",
+            f"{ratio:.3f}", f"{min(paired):.2f}..{max(paired):.2f}",
+            "yes" if ratio >= 0.95 else "NO",
+            f"{stats[a]['peak_rss_mib_median']:.0f} (+{stats[a]['peak_rss_delta_mib_median']:.0f})",
+            f"{stats[b]['peak_rss_mib_median']:.0f} (+{stats[b]['peak_rss_delta_mib_median']:.0f})",
+        ])
+    lines.append("### (a) kdlab Trainer vs (b) bare PyTorch loop, equal settings\n")
+    lines.append(benchlib.markdown_table(
+        ["precision", "channels_last", "kdlab img/s (min..max)", "bare img/s (min..max)", "ratio a/b",
+         "paired a/b", ">= 0.95", "kdlab peak RSS MiB (+over imports)", "bare peak RSS MiB (+over imports)"],
+        rows))
+
+    td = variant_key("torchdistill", "fp32", False)
+    if td in stats:
+        t = stats[td]
+        rows = [["torchdistill 1.1.5 defaults (fp32, NCHW, DataLoader "
+                 f"num_workers={args.td_workers})", f"{t['img_per_s_median']:.1f} "
+                 f"({benchlib.spread(t['img_per_s_all'])})", "1.00",
+                 f"{t['peak_rss_mib_median']:.0f} (+{t['peak_rss_delta_mib_median']:.0f})"]]
+        for label, precision in (("kdlab defaults (bf16 autocast, NCHW, device-resident)", "bf16"),
+                                 ("kdlab fp32 (NCHW, device-resident)", "fp32")):
+            key = variant_key("kdlab", precision, False)
+            if key not in stats:
+                continue
+            ratio = stats[key]["img_per_s_median"] / t["img_per_s_median"]
+            ratios[f"kdlab {precision} nchw / torchdistill"] = round(ratio, 3)
+            rows.append([label, f"{stats[key]['img_per_s_median']:.1f} "
+                         f"({benchlib.spread(stats[key]['img_per_s_all'])})", f"{ratio:.2f}",
+                         f"{stats[key]['peak_rss_mib_median']:.0f} "
+                         f"(+{stats[key]['peak_rss_delta_mib_median']:.0f})"])
+        lines.append("\n### (c) kdlab vs torchdistill\n")
+        lines.append(benchlib.markdown_table(
+            ["run", "img/s (min..max)", "x torchdistill", "peak RSS MiB (+over imports)"], rows))
+        if "worker_peak_rss_mib_max" in t:
+            lines.append(f"\ntorchdistill DataLoader workers: largest worker peak RSS "
+                         f"{t['worker_peak_rss_mib_max']:.0f} MiB (not included above).")
+    return "\n".join(lines), ratios
+
+
+def main_parent(args: argparse.Namespace) -> None:
+    td_python = None if args.skip_torchdistill else benchlib.python_for_torchdistill(args.td_python)
+    if not args.skip_torchdistill and td_python is None:
+        print(f"note: no torchdistill venv at {benchlib.TD_VENV}; skipping (c). See BENCHMARKS.md.",
+              file=sys.stderr)
+    machine = benchlib.machine_info()
+    log_dir = Path(args.log_dir)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    plan = schedule(args, td_python is not None)
+    runs: dict[str, list[dict[str, Any]]] = {}
+    started = time.perf_counter()
+    count = sum(len(r) for r in plan)
+    done = 0
+    for repeat, order in enumerate(plan):
+        for impl, precision, cl in order:
+            key = variant_key(impl, precision, cl)
+            log = log_dir / f"{key.replace('/', '_')}_r{repeat}.log"
+            result = benchlib.run_worker(worker_argv(args, impl, precision, cl, td_python), log)
+            result["loadavg_after"] = os.getloadavg()[0]
+            runs.setdefault(key, []).append(result)
+            done += 1
+            print(f"[{done}/{count} {time.perf_counter() - started:6.0f}s] repeat {repeat} {key:24s} "
+                  f"{result['img_per_s']:7.1f} img/s  peak RSS {result['peak_rss_mib']:.0f} MiB  "
+                  f"load {result['loadavg_after']:.1f}", flush=True)
+    stats = summarize(runs)
+    table, ratios = report(args, stats, runs)
+    machine["loadavg_at_end"] = os.getloadavg()
+    header = (f"Machine: {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']} "
+              f"({machine['torch_threads']} threads), AMX-BF16 {machine['amx_bf16']}; "
+              f"load average at start {machine['loadavg_at_start'][0]:.2f}, "
+              f"at end {machine['loadavg_at_end'][0]:.2f}\n"
+              f"{TEACHER} -> {STUDENT}, batch {BATCH}, synthetic 32x32 x {NUM_CLASSES} classes, "
+              f"{args.warmup} warm-up + {args.steps} timed steps per run, {args.repeats} interleaved repeats, "
+              f"medians; total {time.perf_counter() - started:.0f} s\n")
+    print("\n" + header + "\n" + table)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "benchmark": "kd_throughput",
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "machine": machine,
+        "settings": {
+            "teacher": TEACHER, "student": STUDENT, "num_classes": NUM_CLASSES, "batch_size": BATCH,
+            "temperature": TEMPERATURE, "weights": {"ce": W_CE, "kd": W_KD},
+            "optimizer": {"name": "sgd", "lr": LR, "momentum": MOMENTUM, "weight_decay": WEIGHT_DECAY},
+            "warmup": args.warmup, "steps": args.steps, "repeats": args.repeats,
+            "td_workers": args.td_workers,
+        },
+        "summary": stats,
+        "ratios": ratios,
+        "runs": runs,
+        "table_markdown": table,
+        "total_s": round(time.perf_counter() - started, 1),
+    }
+    out.write_text(json.dumps(payload, indent=2) + "\n")
+    print(f"\nwrote {out}")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per run (after warm-up)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed warm-up steps per run")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats of every variant")
+    parser.add_argument("--precisions", default="fp32,bf16", help="comma-separated: fp32,bf16")
+    parser.add_argument("--channels-last-modes", default="off,on", help="comma-separated: off,on")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip-torchdistill", action="store_true")
+    parser.add_argument("--td-python", default=None, help=f"default: {benchlib.TD_PYTHON}")
+    parser.add_argument("--td-workers", type=int, default=2, help="torchdistill DataLoader num_workers")
+    parser.add_argument("--out", default=str(benchlib.HERE / "results" / "throughput.json"))
+    parser.add_argument("--log-dir", default="/tmp/kdlab-bench-throughput", help="per-run worker logs")
+    # internal: one measurement in this process
+    parser.add_argument("--worker", choices=["kdlab", "bare"], help=argparse.SUPPRESS)
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help=argparse.SUPPRESS)
+    parser.add_argument("--channels-last", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.precisions = [p for p in args.precisions.split(",") if p]
+    modes = {"off": False, "on": True}
+    args.channels_last_modes = [modes[m] for m in args.channels_last_modes.split(",") if m]
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.worker == "kdlab":
+        benchlib.emit(worker_kdlab(args))
+    elif args.worker == "bare":
+        benchlib.emit(worker_bare(args))
+    else:
+        main_parent(args)
+
+
+if __name__ == "__main__":
+    main()
