@@ -117,18 +117,28 @@ def make_run_dir(config: RunConfig) -> Path:
 
 
 def build_data_for(config: RunConfig, device: torch.device) -> DataBundle:
+    """The run's data for this rank; under DDP rank 0 reads (and fills the decode cache) first."""
     d = config.data
-    try:
-        return build_data(
-            d.name, d.root, batch_size=d.batch_size, eval_batch_size=d.eval_batch_size,
-            val_fraction=d.val_fraction, split_seed=d.split_seed, subset=d.subset, augment=d.augment,
-            device=device, seed=config.train.seed, rank=distributed.rank(),
-            world_size=distributed.world_size(), num_workers=d.num_workers,
-            device_resident=d.device_resident, image_size=d.image_size, mean=d.mean, std=d.std,
-            **d.options,
-        )
-    except (KeyError, TypeError) as exc:
-        raise ConfigError(f"data: {exc}") from None
+
+    def build() -> DataBundle:
+        try:
+            return build_data(
+                d.name, d.root, batch_size=d.batch_size, eval_batch_size=d.eval_batch_size,
+                val_fraction=d.val_fraction, split_seed=d.split_seed, subset=d.subset, augment=d.augment,
+                device=device, seed=config.train.seed, rank=distributed.rank(),
+                world_size=distributed.world_size(), num_workers=d.num_workers,
+                device_resident=d.device_resident, image_size=d.image_size, mean=d.mean, std=d.std,
+                **d.options,
+            )
+        except (KeyError, TypeError) as exc:
+            raise ConfigError(f"data: {exc}") from None
+
+    if distributed.is_main():
+        data = build()
+        distributed.barrier()
+        return data
+    distributed.barrier()
+    return build()
 
 
 def train(
