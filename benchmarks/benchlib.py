@@ -79,6 +79,56 @@ def peak_rss_mib(children: bool = False) -> float:
     return resource.getrusage(who).ru_maxrss / 1024
 
 
+def _cpu_jiffies() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs since boot, from /proc/stat."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return sum(fields) - idle, sum(fields)
+
+
+def busy_fraction(interval: float = 1.0) -> float:
+    """Fraction of the machine's CPU time (all cores) that was busy over ``interval`` seconds."""
+    busy0, total0 = _cpu_jiffies()
+    time.sleep(interval)
+    busy1, total1 = _cpu_jiffies()
+    return (busy1 - busy0) / max(total1 - total0, 1)
+
+
+def wait_for_idle(max_wait: float, threshold: float = 0.15, interval: float = 2.0) -> dict[str, float]:
+    """Wait (at most ``max_wait`` s) until other processes use under ``threshold`` of the machine's CPU.
+
+    Other people's jobs on a 2-core machine make timings meaningless; this only waits, it never
+    touches them. Returns how long it waited and the last busy fraction seen.
+    """
+    started = time.perf_counter()
+    busy = busy_fraction(interval)
+    while busy > threshold and time.perf_counter() - started < max_wait:
+        busy = busy_fraction(interval)
+    return {"waited_s": round(time.perf_counter() - started, 1), "busy_before": round(busy, 3)}
+
+
+def mark() -> tuple[float, float]:
+    """(wall clock, this process's CPU time), taken at the end of a training step."""
+    return time.perf_counter(), time.process_time()
+
+
+def steady_stats(marks: Sequence[tuple[float, float]], warmup: int, batch_size: int) -> dict[str, Any]:
+    """Steady-state throughput from per-step marks: from the end of the last warm-up step to the end.
+
+    ``cpu_share`` is this process's CPU time over that window as a share of all the machine's cores:
+    near 1.0 when the run had the machine to itself, well below when other processes took CPU from it.
+    """
+    measured = len(marks) - warmup
+    if warmup < 1 or measured < 1:
+        raise ValueError("need at least one warm-up step and one measured step")
+    (wall0, cpu0), (wall1, cpu1) = marks[warmup - 1], marks[-1]
+    return {
+        "img_per_s": batch_size * measured / (wall1 - wall0),
+        "cpu_share": round((cpu1 - cpu0) / ((wall1 - wall0) * (os.cpu_count() or 1)), 3),
+        "step_s": [round(b[0] - a[0], 4) for a, b in zip(marks, marks[1:], strict=False)],
+    }
+
+
 def emit(result: dict[str, Any]) -> None:
     """Print a worker's result as one tagged JSON line on stdout (the parent parses it)."""
     print(RESULT_TAG + json.dumps(result), flush=True)
@@ -95,18 +145,11 @@ def run_worker(argv: Sequence[str], log_path: Path, timeout: float | None = None
     results = [line[len(RESULT_TAG):] for line in proc.stdout.splitlines() if line.startswith(RESULT_TAG)]
     if proc.returncode != 0 or not results:
         tail = log_path.read_text()[-3000:]
-        raise RuntimeError(f"worker {' '.join(argv)} failed (exit {proc.returncode}); log {log_path}:\n{tail}")
+        raise RuntimeError(
+            f"worker {' '.join(argv)} failed (exit {proc.returncode}); log {log_path}:\n{tail}")
     result = json.loads(results[-1])
     result["process_wall_s"] = round(time.perf_counter() - started, 2)
     return result
-
-
-def steady_rate(step_ends: Sequence[float], warmup: int, batch_size: int) -> float:
-    """Images per second between the end of the last warm-up step and the end of the last step."""
-    measured = len(step_ends) - warmup
-    if warmup < 1 or measured < 1:
-        raise ValueError("need at least one warm-up step and one measured step")
-    return batch_size * measured / (step_ends[-1] - step_ends[warmup - 1])
 
 
 def median(values: Sequence[float]) -> float:

@@ -25,17 +25,17 @@ import argparse
 import functools
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import benchlib
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import transforms as T
-
-import benchlib
 
 CONFIG = Path(__file__).resolve().parent / "torchdistill_kd.yaml"
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -100,11 +100,11 @@ def build_models(config: dict[str, Any], num_classes: int, seed: int, device: to
     return teacher, student
 
 
-def train_loop(box, device: torch.device, log_freq: int, max_steps: int | None) -> list[float]:
-    """torchdistill's per-epoch training sequence; returns the time at the end of every step."""
+def train_loop(box, device: torch.device, log_freq: int, max_steps: int | None) -> list[tuple[float, float]]:
+    """torchdistill's per-epoch training sequence; returns a (wall, CPU) mark at the end of every step."""
     from torchdistill.misc.log import MetricLogger, SmoothedValue
 
-    ends: list[float] = []
+    ends: list[tuple[float, float]] = []
     for epoch in range(box.num_epochs):
         box.pre_epoch_process(epoch=epoch)
         metric_logger = MetricLogger(delimiter="  ")
@@ -120,7 +120,7 @@ def train_loop(box, device: torch.device, log_freq: int, max_steps: int | None) 
             metric_logger.meters["img/s"].update(sample_batch.shape[0] / (time.time() - start))
             if torch.isnan(loss) or torch.isinf(loss):
                 raise ValueError(f"loss became {loss}")
-            ends.append(time.perf_counter())
+            ends.append(benchlib.mark())
             if max_steps is not None and len(ends) >= max_steps:
                 break
         box.post_epoch_process()
@@ -145,7 +145,7 @@ def run_throughput(args: argparse.Namespace) -> dict[str, Any]:
     batch = config["train"]["train_data_loader"]["kwargs"]["batch_size"]
     # The images kdlab's synthetic dataset yields for the same options (data_seed 0), normalized with
     # the training images' channel statistics, as kdlab normalizes them.
-    raw = load_synthetic(num_classes=num_classes, num_train=batch * total, num_test=256)
+    raw = load_synthetic(num_classes=num_classes, num_train=batch * total, num_test=64)
     mean, std = channel_stats(raw.train.images)
     transform = T.Compose([T.ToTensor(), T.Normalize(mean, std)])
     dataset_dict = {"train": UInt8ImageDataset(raw.train.images, raw.train.targets, transform)}
@@ -158,8 +158,7 @@ def run_throughput(args: argparse.Namespace) -> dict[str, Any]:
     if len(ends) != total:
         raise RuntimeError(f"expected {total} steps, ran {len(ends)}")
     return {
-        "img_per_s": benchlib.steady_rate(ends, args.warmup, batch),
-        "step_s": [round(b - a, 4) for a, b in zip(ends, ends[1:], strict=False)],
+        **benchlib.steady_stats(ends, args.warmup, batch),
         "precision": "fp32",
         "baseline_rss_mib": baseline,
         "peak_rss_mib": benchlib.peak_rss_mib(),
@@ -181,22 +180,25 @@ def run_accuracy(args: argparse.Namespace) -> dict[str, Any]:
     train_cfg = config["train"]
     train_cfg["num_epochs"] = args.epochs
     train_cfg["train_data_loader"]["kwargs"]["num_workers"] = args.workers
+    train_cfg["train_data_loader"]["kwargs"]["drop_last"] = True  # kdlab drops the last partial batch too
     train_cfg["scheduler"] = {"key": "MultiStepLR",
                               "kwargs": {"milestones": args.milestones, "gamma": 0.1}}
     models = config["models"]
     models["teacher_model"]["key"], models["student_model"]["key"] = args.teacher, args.student
     models["teacher_model"]["src_ckpt"] = args.teacher_ckpt
+    models["student_model"]["src_ckpt"] = args.student_init
     torch.manual_seed(args.seed)
     teacher, student = build_models(config, num_classes, args.seed, device)
-    started = time.perf_counter()
     box = make_box(config, teacher, student, dataset_dict, device)
+    start_wall, start_cpu = benchlib.mark()
     ends = train_loop(box, device, config["train"]["log_freq"], None)
-    train_s = time.perf_counter() - started
+    train_s, cpu_s = (e - s for e, s in zip(benchlib.mark(), (start_wall, start_cpu), strict=True))
     torch.save(student.state_dict(), args.save_student)
     return {
         "train_wall_s": round(train_s, 1),
         "steps": len(ends),
         "img_per_s": round(len(ends) * train_cfg["train_data_loader"]["kwargs"]["batch_size"] / train_s, 1),
+        "cpu_share": round(cpu_s / (train_s * (os.cpu_count() or 1)), 3),
         "peak_rss_mib": benchlib.peak_rss_mib(),
         "student_state": args.save_student,
         "torchdistill_version": __import__("torchdistill").__version__,
@@ -217,6 +219,7 @@ def main() -> None:
     parser.add_argument("--teacher", default="resnet32x4")
     parser.add_argument("--student", default="resnet8x4")
     parser.add_argument("--teacher-ckpt")
+    parser.add_argument("--student-init", help="accuracy: initial student weights (state_dict .pt)")
     parser.add_argument("--save-student")
     args = parser.parse_args()
     from torchdistill.misc.log import set_basic_log_config

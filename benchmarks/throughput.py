@@ -17,7 +17,7 @@ last warm-up step to the end of the last step, data loading and all per-step boo
       per-sample PIL/torchvision transform pipeline), run in the ``.venv-torchdistill`` interpreter by
       ``benchmarks/td_worker.py`` on the same synthetic images and the same kdlab-zoo models.
 
-Usage: python benchmarks/throughput.py [--steps 10 --warmup 3 --repeats 3] [--out PATH]
+Usage: python benchmarks/throughput.py [--steps 12 --warmup 3 --repeats 3] [--out PATH]
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def kdlab_tree(precision: str, channels_last: bool, total_steps: int, seed: int)
             "name": "synthetic",
             "batch_size": BATCH,
             "val_fraction": 0.0,
-            "options": {"num_classes": NUM_CLASSES, "num_train": BATCH * total_steps, "num_test": 256},
+            "options": {"num_classes": NUM_CLASSES, "num_train": BATCH * total_steps, "num_test": 64},
         },
         "student": {"name": STUDENT},
         "teacher": {"name": TEACHER},
@@ -85,10 +85,10 @@ def worker_kdlab(args: argparse.Namespace) -> dict[str, Any]:
         name = "step_clock"
 
         def __init__(self) -> None:
-            self.ends: list[float] = []
+            self.marks: list[tuple[float, float]] = []
 
         def on_step_end(self, trainer) -> None:
-            self.ends.append(time.perf_counter())
+            self.marks.append(benchlib.mark())
 
     baseline = benchlib.current_rss_mib()
     total = args.warmup + args.steps
@@ -96,11 +96,10 @@ def worker_kdlab(args: argparse.Namespace) -> dict[str, Any]:
     teacher, student = build_pair(args.seed)
     clock = StepClock()
     result = train(config, student=student, teacher=teacher, callbacks=[clock], write=False)
-    if len(clock.ends) != total:
-        raise RuntimeError(f"expected {total} steps, the Trainer ran {len(clock.ends)}")
+    if len(clock.marks) != total:
+        raise RuntimeError(f"expected {total} steps, the Trainer ran {len(clock.marks)}")
     return {
-        "img_per_s": benchlib.steady_rate(clock.ends, args.warmup, BATCH),
-        "step_s": [round(b - a, 4) for a, b in itertools.pairwise(clock.ends)],
+        **benchlib.steady_stats(clock.marks, args.warmup, BATCH),
         "precision": result.summary["precision"],
         "baseline_rss_mib": baseline,
         "peak_rss_mib": benchlib.peak_rss_mib(),
@@ -129,7 +128,7 @@ def worker_bare(args: argparse.Namespace) -> dict[str, Any]:
     optimizer = torch.optim.SGD(student.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
     dtype = {"fp32": None, "bf16": torch.bfloat16}[args.precision]
 
-    ends = []
+    marks = []
     for inputs, targets in batches:
         x = inputs.contiguous(memory_format=fmt)
         with torch.autocast("cpu", dtype=dtype) if dtype else contextlib.nullcontext():
@@ -143,10 +142,9 @@ def worker_bare(args: argparse.Namespace) -> dict[str, Any]:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        ends.append(time.perf_counter())
+        marks.append(benchlib.mark())
     return {
-        "img_per_s": benchlib.steady_rate(ends, args.warmup, BATCH),
-        "step_s": [round(b - a, 4) for a, b in itertools.pairwise(ends)],
+        **benchlib.steady_stats(marks, args.warmup, BATCH),
         "precision": args.precision,
         "baseline_rss_mib": baseline,
         "peak_rss_mib": benchlib.peak_rss_mib(),
@@ -187,6 +185,7 @@ def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]
         out[key] = {
             "img_per_s_median": round(benchlib.median(rates), 2),
             "img_per_s_all": [round(v, 2) for v in rates],
+            "cpu_share_min": min(r["cpu_share"] for r in results),
             "peak_rss_mib_median": round(benchlib.median([r["peak_rss_mib"] for r in results]), 1),
             "peak_rss_delta_mib_median": round(
                 benchlib.median([r["peak_rss_mib"] - r["baseline_rss_mib"] for r in results]), 1),
@@ -214,13 +213,15 @@ def report(args: argparse.Namespace, stats: dict[str, dict[str, Any]],
             f"{stats[b]['img_per_s_median']:.1f} ({benchlib.spread(stats[b]['img_per_s_all'])})",
             f"{ratio:.3f}", f"{min(paired):.2f}..{max(paired):.2f}",
             "yes" if ratio >= 0.95 else "NO",
+            f"{min(stats[a]['cpu_share_min'], stats[b]['cpu_share_min']):.2f}",
             f"{stats[a]['peak_rss_mib_median']:.0f} (+{stats[a]['peak_rss_delta_mib_median']:.0f})",
             f"{stats[b]['peak_rss_mib_median']:.0f} (+{stats[b]['peak_rss_delta_mib_median']:.0f})",
         ])
     lines.append("### (a) kdlab Trainer vs (b) bare PyTorch loop, equal settings\n")
     lines.append(benchlib.markdown_table(
         ["precision", "channels_last", "kdlab img/s (min..max)", "bare img/s (min..max)", "ratio a/b",
-         "paired a/b", ">= 0.95", "kdlab peak RSS MiB (+over imports)", "bare peak RSS MiB (+over imports)"],
+         "paired a/b", ">= 0.95", "min CPU share", "kdlab peak RSS MiB (+over imports)",
+         "bare peak RSS MiB (+over imports)"],
         rows))
 
     td = variant_key("torchdistill", "fp32", False)
@@ -228,7 +229,7 @@ def report(args: argparse.Namespace, stats: dict[str, dict[str, Any]],
         t = stats[td]
         rows = [["torchdistill 1.1.5 defaults (fp32, NCHW, DataLoader "
                  f"num_workers={args.td_workers})", f"{t['img_per_s_median']:.1f} "
-                 f"({benchlib.spread(t['img_per_s_all'])})", "1.00",
+                 f"({benchlib.spread(t['img_per_s_all'])})", "1.00", f"{t['cpu_share_min']:.2f}",
                  f"{t['peak_rss_mib_median']:.0f} (+{t['peak_rss_delta_mib_median']:.0f})"]]
         for label, precision in (("kdlab defaults (bf16 autocast, NCHW, device-resident)", "bf16"),
                                  ("kdlab fp32 (NCHW, device-resident)", "fp32")):
@@ -239,11 +240,13 @@ def report(args: argparse.Namespace, stats: dict[str, dict[str, Any]],
             ratios[f"kdlab {precision} nchw / torchdistill"] = round(ratio, 3)
             rows.append([label, f"{stats[key]['img_per_s_median']:.1f} "
                          f"({benchlib.spread(stats[key]['img_per_s_all'])})", f"{ratio:.2f}",
+                         f"{stats[key]['cpu_share_min']:.2f}",
                          f"{stats[key]['peak_rss_mib_median']:.0f} "
                          f"(+{stats[key]['peak_rss_delta_mib_median']:.0f})"])
         lines.append("\n### (c) kdlab vs torchdistill\n")
         lines.append(benchlib.markdown_table(
-            ["run", "img/s (min..max)", "x torchdistill", "peak RSS MiB (+over imports)"], rows))
+            ["run", "img/s (min..max)", "x torchdistill", "min CPU share", "peak RSS MiB (+over imports)"],
+            rows))
         if "worker_peak_rss_mib_max" in t:
             lines.append(f"\ntorchdistill DataLoader workers: largest worker peak RSS "
                          f"{t['worker_peak_rss_mib_max']:.0f} MiB (not included above).")
@@ -267,13 +270,15 @@ def main_parent(args: argparse.Namespace) -> None:
         for impl, precision, cl in order:
             key = variant_key(impl, precision, cl)
             log = log_dir / f"{key.replace('/', '_')}_r{repeat}.log"
+            idle = benchlib.wait_for_idle(args.idle_wait, args.idle_threshold)
             result = benchlib.run_worker(worker_argv(args, impl, precision, cl, td_python), log)
-            result["loadavg_after"] = os.getloadavg()[0]
+            result.update(idle)
             runs.setdefault(key, []).append(result)
             done += 1
             print(f"[{done}/{count} {time.perf_counter() - started:6.0f}s] repeat {repeat} {key:24s} "
                   f"{result['img_per_s']:7.1f} img/s  peak RSS {result['peak_rss_mib']:.0f} MiB  "
-                  f"load {result['loadavg_after']:.1f}", flush=True)
+                  f"CPU share {result['cpu_share']:.2f}  (waited {idle['waited_s']:.0f} s for idle, "
+                  f"busy {idle['busy_before']:.2f})", flush=True)
     stats = summarize(runs)
     table, ratios = report(args, stats, runs)
     machine["loadavg_at_end"] = os.getloadavg()
@@ -282,8 +287,8 @@ def main_parent(args: argparse.Namespace) -> None:
               f"load average at start {machine['loadavg_at_start'][0]:.2f}, "
               f"at end {machine['loadavg_at_end'][0]:.2f}\n"
               f"{TEACHER} -> {STUDENT}, batch {BATCH}, synthetic 32x32 x {NUM_CLASSES} classes, "
-              f"{args.warmup} warm-up + {args.steps} timed steps per run, {args.repeats} interleaved repeats, "
-              f"medians; total {time.perf_counter() - started:.0f} s\n")
+              f"{args.warmup} warm-up + {args.steps} timed steps per run, "
+              f"{args.repeats} interleaved repeats, medians; total {time.perf_counter() - started:.0f} s\n")
     print("\n" + header + "\n" + table)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -310,7 +315,7 @@ def main_parent(args: argparse.Namespace) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per run (after warm-up)")
+    parser.add_argument("--steps", type=int, default=12, help="timed steps per run (after warm-up)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed warm-up steps per run")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats of every variant")
     parser.add_argument("--precisions", default="fp32,bf16", help="comma-separated: fp32,bf16")
@@ -319,6 +324,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--skip-torchdistill", action="store_true")
     parser.add_argument("--td-python", default=None, help=f"default: {benchlib.TD_PYTHON}")
     parser.add_argument("--td-workers", type=int, default=2, help="torchdistill DataLoader num_workers")
+    parser.add_argument("--idle-wait", type=float, default=90,
+                        help="before each run, wait up to this many seconds for other processes to go quiet")
+    parser.add_argument("--idle-threshold", type=float, default=0.15,
+                        help="'quiet': other processes use less than this share of the machine's CPU")
     parser.add_argument("--out", default=str(benchlib.HERE / "results" / "throughput.json"))
     parser.add_argument("--log-dir", default="/tmp/kdlab-bench-throughput", help="per-run worker logs")
     # internal: one measurement in this process

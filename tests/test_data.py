@@ -335,6 +335,7 @@ def test_synthetic_is_deterministic_and_configurable() -> None:
 def test_registry_lists_every_dataset() -> None:
     assert list_datasets() == sorted(
         ["cifar10", "cifar100", "mnist", "fashion_mnist", "imagefolder", "digits", "synthetic"]
+        + ["pacs", "vlcs", "office_home", "terra_incognita", "domain_net", "rotated_mnist", "colored_mnist"]
     )
 
 

@@ -22,9 +22,10 @@ def test_shipped_config_validates(path):
     resolve_weights(method, config.method.name, config.method.weights)
     method.validate_params(config.method.params)
     models = set(list_models())
-    assert config.student.name in models
+    assert config.student.name in models or config.student.name.startswith(("torchvision:", "timm:"))
     if config.teacher is not None:
-        assert config.teacher.name in models and config.teacher.checkpoint
+        assert config.teacher.name in models or config.teacher.name.startswith(("torchvision:", "timm:"))
+        assert config.teacher.checkpoint or config.teacher.pretrained
 
 
 def test_benchmark_recipe_is_the_published_one():

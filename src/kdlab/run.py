@@ -25,12 +25,17 @@ from torch import nn
 from kdlab.config.load import ConfigError, dump_config
 from kdlab.config.schema import ModelConfig, RunConfig
 from kdlab.data import DataBundle, build_data
+from kdlab.data.corruption import CorruptionError
 from kdlab.engine import checkpoint, distributed
+from kdlab.engine.averaging import MODEL_NAME, build_averager
 from kdlab.engine.callbacks import Callback
 from kdlab.engine.stages import plan_stages
 from kdlab.engine.trainer import Trainer
+from kdlab.ensemble import TeacherEnsemble
 from kdlab.methods import DistillContext, build_distiller
 from kdlab.models import build_model
+from kdlab.models.batchnorm import freeze_batchnorm
+from kdlab.robustness import class_breakdown, corruption_specs, corruption_summary, save_noisy_labels
 
 
 @dataclass
@@ -94,6 +99,8 @@ def build_network(config: ModelConfig, data: DataBundle, key: str) -> nn.Module:
         raise ConfigError(f"{key}.name: {exc}") from None
     if config.checkpoint is not None:
         load_weights(model, config.checkpoint, f"{key}.checkpoint")
+    if config.freeze_bn:
+        freeze_batchnorm(model)
     return model
 
 
@@ -103,6 +110,19 @@ def normalization(config: ModelConfig | None, data: DataBundle) -> tuple[list[fl
     if config.std is None:
         raise ConfigError("a model's 'mean' needs its 'std' too")
     return config.mean, config.std
+
+
+def build_teacher_ensemble(configs: Sequence[ModelConfig], data: DataBundle) -> TeacherEnsemble:
+    """The ``teachers`` list as one frozen ensemble; every member must expect the same normalization."""
+    if len({repr(normalization(c, data)) for c in configs}) > 1:
+        raise ConfigError("teachers: every teacher must expect the same input normalization (mean/std)")
+    models = []
+    for i, member in enumerate(configs):
+        if member.checkpoint is None and not member.pretrained:
+            raise ConfigError(f"teachers.{i}.checkpoint: a teacher needs trained weights; train one with "
+                              "method.name=ce and pass its run directory here")
+        models.append(build_network(member, data, f"teachers.{i}"))
+    return TeacherEnsemble(models)
 
 
 def make_run_dir(config: RunConfig) -> Path:
@@ -128,10 +148,12 @@ def build_data_for(config: RunConfig, device: torch.device) -> DataBundle:
                 device=device, seed=config.train.seed, rank=distributed.rank(),
                 world_size=distributed.world_size(), num_workers=d.num_workers,
                 device_resident=d.device_resident, image_size=d.image_size, mean=d.mean, std=d.std,
-                **d.options,
+                **corruption_specs(d), **d.options,
             )
         except (KeyError, TypeError) as exc:
             raise ConfigError(f"data: {exc}") from None
+        except CorruptionError as exc:
+            raise ConfigError(str(exc)) from None
 
     if distributed.is_main():
         data = build()
@@ -161,14 +183,17 @@ def train(
             raise ConfigError("teacher.checkpoint: a teacher needs trained weights; train one with "
                               "method.name=ce and pass its run directory here")
         teacher = build_network(config.teacher, data, "teacher")
+    if teacher is None and config.teachers:
+        teacher = build_teacher_ensemble(config.teachers, data)
     context = DistillContext(
         num_classes=data.num_classes, input_shape=tuple(data.input_shape),
         num_train_samples=data.train.num_samples, student_name=config.student.name,
-        teacher_name=config.teacher.name if config.teacher else "",
+        teacher_name=config.teacher.name if config.teacher else "+".join(t.name for t in config.teachers),
     )
     distiller = build_distiller(config.method, student, teacher, context,
                                 student_norm=normalization(config.student, data),
-                                teacher_norm=normalization(config.teacher, data))
+                                teacher_norm=normalization(config.teacher or next(iter(config.teachers), None),
+                                                           data))
 
     run_dir: Path | None = None
     if write:
@@ -179,19 +204,29 @@ def train(
         run_dir = distributed.broadcast_object(run_dir)
         if distributed.is_main():
             (run_dir / "config.yaml").write_text(dump_config(config))
+            save_noisy_labels(data, run_dir)
     resume_from = None
     if resume is not None:
         resume_from = Path(resume) / "last.pt"
         if not resume_from.is_file():
             raise ConfigError(f"--resume: {resume_from} not found; nothing to resume")
 
-    trainer = Trainer(distiller, data.train, data.val, stages=plan_stages(config), train=config.train,
+    averager = build_averager(config.averaging, bn_source=data.train)
+    if averager is not None:
+        callbacks = [*callbacks, averager]
+    stages = plan_stages(config, None if config.stages else distiller.default_stages(config))
+    trainer = Trainer(distiller, data.train, data.val, stages=stages, train=config.train,
                       device=device, run_dir=run_dir, callbacks=callbacks,
-                      config=config.model_dump(mode="json"))
+                      config=config.model_dump(mode="json"),
+                      select_model=MODEL_NAME if averager is not None else distiller.select_model,
+                      class_breakdown=class_breakdown(config, data))
     started = time.perf_counter()
     final_val = trainer.fit(resume_from=resume_from)
     wall = time.perf_counter() - started
     summary = summarize(trainer, data, final_val, wall)
+    summary.update(corruption_summary(data, trainer.class_breakdown))
+    if averager is not None:
+        summary["averaging"] = averager.describe()
     if run_dir is not None and distributed.is_main():
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return RunResult(run_dir, summary, trainer.distiller.student)

@@ -1,4 +1,4 @@
-"""The ``kdlab`` command line: train, eval, demo, list."""
+"""The ``kdlab`` command line: train, eval, demo, list, dg."""
 
 from __future__ import annotations
 
@@ -71,6 +71,32 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dg(args: argparse.Namespace) -> int:
+    from kdlab.protocols.dg import run_dg
+
+    configs = [c for c in args.configs if "=" not in c]
+    overrides = [c for c in args.configs if "=" in c]
+    text = run_dg(configs, overrides, teacher=args.teacher, seeds=args.seeds, targets=args.targets,
+                  out_dir=args.out_dir, quiet=args.quiet)
+    print(text)
+    print(f"results: {Path(args.out_dir) / 'results.md'} and {Path(args.out_dir) / 'results.jsonl'}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from kdlab.export import ExportError, export_student
+
+    try:
+        report = export_student(args.checkpoint, args.out, args.overrides,
+                                formats=args.format or ("state_dict", "torchscript", "onnx"),
+                                check_batch=args.check_batch)
+    except ExportError as exc:
+        print(f"kdlab: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(report, indent=2))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="kdlab", description="Knowledge distillation for image classifiers.")
     sub = top.add_subparsers(dest="command", required=True)
@@ -93,6 +119,25 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--out-dir", default="runs")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("dg", help="leave-one-domain-out: every target domain, teachers and students, a table")
+    p.add_argument("configs", nargs="+", help="student configs (YAML), then KEY=VALUE overrides for all runs")
+    p.add_argument("--teacher", metavar="CONFIG",
+                   help="teacher config, trained on the source domains per target and seed")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds (also the in/out split seed)")
+    p.add_argument("--targets", nargs="+", help="target domains by index or name (default: all)")
+    p.add_argument("--out-dir", default="runs/dg")
+    p.add_argument("--quiet", action="store_true", help="no progress bars; log lines only")
+    p.set_defaults(func=cmd_dg)
+
+    p = sub.add_parser("export", help="a trained student as a plain state_dict, TorchScript and ONNX, checked")
+    p.add_argument("checkpoint", help="a kdlab run directory (its best.pt, else last.pt) or checkpoint")
+    p.add_argument("overrides", nargs="*", help="dotted overrides of the saved config, e.g. data.root=...")
+    p.add_argument("--out", required=True, metavar="DIR", help="where model.pt, .torchscript.pt, .onnx go")
+    p.add_argument("--format", choices=["state_dict", "torchscript", "onnx"], action="append",
+                   help="default: all three")
+    p.add_argument("--check-batch", type=int, default=32, help="test images compared against PyTorch")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("list", help="list registered methods, models or datasets")
     p.add_argument("what", choices=["methods", "models", "datasets"])

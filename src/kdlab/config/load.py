@@ -38,6 +38,8 @@ def _section_model(root: type[BaseModel], path: Sequence[str | int]) -> type[Bas
     """The pydantic model that owns the key at ``path`` (for listing valid keys)."""
     model: type[BaseModel] | None = root
     for part in path[:-1]:
+        if isinstance(part, int):  # an index into a list of sections keeps the section's model
+            continue
         if model is None or not isinstance(part, str) or part not in model.model_fields:
             return None
         annotation = model.model_fields[part].annotation

@@ -15,6 +15,30 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class NoiseConfig(Section):
+    """Label noise on the training (and validation) labels; see ``kdlab.data.corruption.noise``."""
+
+    type: Literal["symmetric", "asymmetric", "pairflip"] = "symmetric"
+    rate: float = Field(..., ge=0.0, le=1.0, description="share of labels flipped (per source class)")
+    seed: int = Field(0, description="the noise draw; fixed per condition, independent of train.seed")
+    flip_map: dict[str | int, str | int] | None = Field(
+        None, description="asymmetric: SOURCE: TARGET class names or ids; default: the dataset's usual map")
+    include_true_class: bool = Field(False, description="symmetric: draw the new label from all C classes")
+    val: Literal["noisy", "clean"] = Field("noisy", description="noisy validation labels too, or clean")
+    labels: str | None = Field(None, description="reuse a noisy_labels.pt (from a run dir or a study)")
+
+
+class ImbalanceConfig(Section):
+    """Long-tailed training (and validation) class sizes; see ``kdlab.data.corruption.imbalance``."""
+
+    profile: Literal["exponential", "step"] = "exponential"
+    ratio: float = Field(..., ge=1.0, description="n_max / n_min")
+    seed: int = Field(0, description="which samples of each class are kept")
+    minority_fraction: float = Field(0.5, ge=0.0, le=1.0, description="step: share of minority classes")
+    groups: Literal["thirds", "absolute"] = Field(
+        "thirds", description="many/medium/few by thirds of classes ranked by count, or >100 / <20 samples")
+
+
 class DataConfig(Section):
     """Which dataset, how it is split, batched and augmented."""
 
@@ -32,6 +56,8 @@ class DataConfig(Section):
     mean: list[float] | None = None
     std: list[float] | None = None
     options: dict[str, Any] = Field(default_factory=dict, description="dataset-specific options")
+    noise: NoiseConfig | None = Field(None, description="label noise on train/val (test stays clean)")
+    imbalance: ImbalanceConfig | None = Field(None, description="long-tail train/val (test stays balanced)")
 
 
 class ModelConfig(Section):
@@ -43,6 +69,7 @@ class ModelConfig(Section):
     mean: list[float] | None = Field(None, description="input normalization the model expects")
     std: list[float] | None = None
     kwargs: dict[str, Any] = Field(default_factory=dict)
+    freeze_bn: bool = Field(False, description="BatchNorm stays in eval mode while training (DomainBed)")
 
 
 class MethodConfig(Section):
@@ -113,6 +140,22 @@ class TrainConfig(Section):
     device: str = "auto"
     progress: bool = True
     tensorboard: bool = Field(False, description="also log to RUN_DIR/tb (needs kdlab[tb])")
+    per_class: Literal["auto", "on", "off"] = Field(
+        "auto", description="per-class (and, under data.imbalance, many/medium/few) top-1 in every "
+                            "evaluation; auto: on when data.noise or data.imbalance is set")
+
+
+class AveragingConfig(Section):
+    """Weight averaging of the student (``kdlab.engine.averaging``): a strategy by name and its own
+    ``params``, validated by the strategy. ``buffers`` is the BatchNorm policy: ``average`` (averaged
+    like weights; constant under ``student.freeze_bn``) or ``recalibrate`` (re-estimated over
+    ``bn_batches`` training batches before the averaged model is evaluated).
+    """
+
+    strategy: str = Field("none", description="none, swa, ema, sma, swad or wakd")
+    params: dict[str, Any] = Field(default_factory=dict)
+    buffers: Literal["average", "recalibrate"] = "average"
+    bn_batches: int = Field(100, gt=0)
 
 
 class RunConfig(Section):
@@ -121,11 +164,14 @@ class RunConfig(Section):
     data: DataConfig
     student: ModelConfig
     teacher: ModelConfig | None = None
+    teachers: list[ModelConfig] = Field(default_factory=list,
+                                        description="an ensemble of teachers (instead of 'teacher')")
     method: MethodConfig = Field(default_factory=MethodConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     train: TrainConfig
     stages: list[StageConfig] = Field(default_factory=list, description="multi-stage plan; see StageConfig")
+    averaging: AveragingConfig = Field(default_factory=AveragingConfig)
     out_dir: str = "runs"
     name: str | None = None
 
@@ -136,6 +182,8 @@ class RunConfig(Section):
             raise ValueError("with 'stages', set epochs or steps per stage, not train.epochs/train.steps")
         if not self.stages and not has_budget:
             raise ValueError("set train.epochs or train.steps")
+        if self.teacher is not None and self.teachers:
+            raise ValueError("set 'teacher' (one model) or 'teachers' (an ensemble), not both")
         names = [stage.name for stage in self.stages]
         if len(set(names)) != len(names):
             raise ValueError(f"stage names must be unique: {names}")

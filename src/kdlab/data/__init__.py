@@ -5,6 +5,7 @@
 :func:`list_datasets`.
 """
 
+from kdlab.data import domains
 from kdlab.data.batch import Batch, BatchSource
 from kdlab.data.build import DataBundle, build_data
 from kdlab.data.catalog import DATASETS, list_datasets
@@ -18,5 +19,6 @@ __all__ = [
     "DatasetFormatError",
     "DatasetNotFoundError",
     "build_data",
+    "domains",
     "list_datasets",
 ]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -13,6 +13,7 @@ from torch import Tensor
 from kdlab.data.augment import CropFlip
 from kdlab.data.batch import BatchSource
 from kdlab.data.catalog import DATASETS, DatasetSpec
+from kdlab.data.corruption import CorruptedSplits, ImbalanceSpec, NoiseSpec, corrupt_splits
 from kdlab.data.loader_source import LoaderBatchSource
 from kdlab.data.raw import Split, channel_stats
 from kdlab.data.samples import SampleDataset
@@ -36,7 +37,8 @@ class DataBundle:
 
     ``val`` is None when ``val_fraction`` is 0. ``input_shape`` is (C, H, W) of the batches;
     ``train_targets`` are the labels of the training split (after the validation carve and ``subset``),
-    indexed like ``Batch.indices`` of ``train``.
+    indexed like ``Batch.indices`` of ``train`` (the noisy labels under label noise). ``corruption`` says
+    what label noise and imbalance did to the train and validation parts (None when neither is set).
     """
 
     train: BatchSource
@@ -48,6 +50,7 @@ class DataBundle:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     train_targets: Tensor
+    corruption: CorruptedSplits | None = None
 
 
 @dataclass(frozen=True)
@@ -137,6 +140,8 @@ def build_data(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     drop_last: bool = True,
+    noise: NoiseSpec | None = None,
+    imbalance: ImbalanceSpec | None = None,
     **dataset_options: Any,
 ) -> DataBundle:
     """Read dataset ``name`` from ``root`` and build its train/val/test batch sources for this rank.
@@ -150,7 +155,9 @@ def build_data(
     force one path (``"on"`` fails for large-image folders). ``image_size`` resizes decoded datasets,
     or sets the crop size of large-image folders (224 by default). ``mean``/``std`` override the
     dataset's normalization. ``dataset_options`` go to the reader (e.g. ``num_classes``, ``channels``,
-    ``num_train``, ``num_test``, ``data_seed`` for ``synthetic``).
+    ``num_train``, ``num_test``, ``data_seed`` for ``synthetic``). ``imbalance`` and then ``noise`` corrupt
+    the training and validation parts after the validation carve and ``subset``
+    (:mod:`kdlab.data.corruption`); the test part stays clean and balanced.
 
     Under DDP, training batches are sharded so that one step's per-rank batches together are the
     single-process batch. Evaluation sources are sharded ``rank::world_size`` without padding: every
@@ -161,13 +168,28 @@ def build_data(
     spec = DATASETS.get(name)
     augment = _choice(augment, AUGMENT_MODES, "augment")
     device_resident = _choice(device_resident, RESIDENCY_MODES, "device_resident")
+    if spec.bundle is not None:
+        return spec.bundle(
+            root, batch_size=batch_size, eval_batch_size=eval_batch_size, val_fraction=val_fraction,
+            split_seed=split_seed, subset=subset, augment=augment, device=device, seed=seed, rank=rank,
+            world_size=world_size, num_workers=num_workers, device_resident=device_resident,
+            image_size=image_size, mean=mean, std=std, drop_last=drop_last, **dataset_options,
+        )
     if spec.needs_root and root is None:
         raise ValueError(f"dataset {name!r} is read from disk: pass its root folder")
     raw = spec.load(root, image_size=image_size, **dataset_options)
     train_pos, val_pos = split_train_val(raw.train.targets, val_fraction, split_seed)
     train_pos = train_pos[take_subset(raw.train.targets[train_pos], subset, split_seed)]
+    corruption = None
+    if noise is not None or imbalance is not None:
+        corruption = corrupt_splits(raw.train.targets, train_pos, val_pos, list(raw.classes), noise,
+                                    imbalance)
+        train_pos, val_pos = corruption.train_positions, corruption.val_positions
     train = raw.train.select(train_pos)
     val = raw.train.select(val_pos) if val_pos is not None else None
+    if corruption is not None:
+        train = replace(train, targets=corruption.train_targets)
+        val = replace(val, targets=corruption.val_targets) if val is not None else None
     if drop_last and len(train) < batch_size:
         raise ValueError(f"the training split has {len(train)} samples, fewer than batch_size {batch_size}")
 
@@ -214,4 +236,5 @@ def build_data(
         mean=norm_mean,
         std=norm_std,
         train_targets=train.targets.clone(),
+        corruption=corruption,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from kdlab.data.cifar import load_cifar10, load_cifar100
 from kdlab.data.digits import load_digits
@@ -26,6 +27,8 @@ class DatasetSpec:
     augmentation of decoded images is a random crop after ``padding`` px of zero padding (None: an
     eighth of the image side) plus a horizontal flip when ``flip``; large lazy images use
     RandomResizedCrop + flip. ``augment_by_default`` says whether ``augment="default"`` applies it.
+    ``bundle``, when set, builds the whole :class:`~kdlab.data.build.DataBundle` itself from
+    ``build_data``'s arguments (domain datasets: see :mod:`kdlab.data.domains`).
     """
 
     load: Callable[..., RawDataset]
@@ -35,6 +38,7 @@ class DatasetSpec:
     padding: int | None = None
     flip: bool = True
     needs_root: bool = True
+    bundle: Callable[..., Any] | None = None
 
 
 DATASETS: Registry[DatasetSpec] = Registry("dataset")

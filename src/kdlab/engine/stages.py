@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pydantic import BaseModel, ValidationError
 
 from kdlab.config.load import ConfigError, explain
-from kdlab.config.schema import OptimConfig, RunConfig, ScheduleConfig
+from kdlab.config.schema import OptimConfig, RunConfig, ScheduleConfig, StageConfig
 
 
 @dataclass(frozen=True)
@@ -45,9 +45,14 @@ def _merged(section: BaseModel, changes: dict, model: type[BaseModel], key: str)
         raise ConfigError(explain(exc, "config", model, prefix=f"{key}.")) from None
 
 
-def plan_stages(config: RunConfig) -> list[Stage]:
-    """The stages of a run config, with each stage's optim and schedule merged over the top level."""
-    if not config.stages:
+def plan_stages(config: RunConfig, default: Sequence[StageConfig] | None = None) -> list[Stage]:
+    """The stages of a run config, with each stage's optim and schedule merged over the top level.
+
+    ``default`` is the method's own plan (``Distiller.default_stages``), used when the config lists no
+    stages; without either, the run is one stage from ``train``.
+    """
+    stages = config.stages or list(default or ())
+    if not stages:
         return [Stage("train", config.optim, config.schedule, config.train.epochs, config.train.steps)]
     return [
         Stage(
@@ -61,7 +66,7 @@ def plan_stages(config: RunConfig) -> list[Stage]:
             train_only=None if s.train_only is None else tuple(s.train_only),
             eval_every=s.eval_every,
         )
-        for i, s in enumerate(config.stages)
+        for i, s in enumerate(stages)
     ]
 
 

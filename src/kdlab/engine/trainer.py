@@ -27,7 +27,7 @@ from kdlab.engine import checkpoint, distributed
 from kdlab.engine.callbacks import Callback
 from kdlab.engine.freeze import StageFreezer, check_paths
 from kdlab.engine.logger import MetricsLogger
-from kdlab.engine.metrics import better, evaluate_model
+from kdlab.engine.metrics import ClassBreakdown, better, evaluate_model
 from kdlab.engine.optim import build_optimizer, build_scheduler
 from kdlab.engine.precision import resolve_precision
 from kdlab.engine.stages import Stage, StageClock
@@ -66,9 +66,11 @@ class Trainer:
         callbacks: Sequence[Callback] = (),
         config: dict[str, Any] | None = None,
         select_model: str = "student",
+        class_breakdown: ClassBreakdown | None = None,
     ) -> None:
         """``stages`` is the run's plan; without it, one stage from ``optim``, ``schedule`` and the
-        budget in ``train`` (``epochs`` or ``steps``)."""
+        budget in ``train`` (``epochs`` or ``steps``). ``class_breakdown`` adds per-class (and per-group)
+        top-1 to every evaluation."""
         self.cfg = train
         self.device = device
         self.train_data = train_data
@@ -77,6 +79,7 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.config = config or {}
         self.select_model = select_model
+        self.class_breakdown = class_breakdown
         self.precision = resolve_precision(train.precision, device)
         self.distiller = distiller.to(device)
         self.memory_format = torch.channels_last if train.channels_last else torch.contiguous_format
@@ -140,6 +143,7 @@ class Trainer:
         self.freezer.apply(stage.freeze, stage.train_only)
         self.distiller.weights = {**self.base_weights, **(stage.weights or {})}
         self.distiller.stage = stage.name
+        self.distiller.stage_epochs = stage.num_steps(self.steps_per_epoch) / self.steps_per_epoch
         if stage.step_based:
             steps_per_unit, total_units = 1, float(stage.steps)
         else:
@@ -274,8 +278,10 @@ class Trainer:
         return models
 
     def evaluate(self, model: nn.Module, data: BatchSource) -> dict[str, float]:
-        """Top-1, NLL and ECE of ``model`` on ``data`` (reduced across DDP ranks)."""
-        return evaluate_model(model, data, self.precision, self.memory_format)
+        """Top-1, NLL and ECE of ``model`` on ``data`` (reduced across DDP ranks), and agreement and KL
+        with the distiller's ``eval_reference()`` when it has one."""
+        return evaluate_model(model, data, self.precision, self.memory_format,
+                              reference=self.distiller.eval_reference(), breakdown=self.class_breakdown)
 
     def _evaluate_and_save(self) -> None:
         results: dict[str, dict[str, float]] = {}
@@ -295,6 +301,10 @@ class Trainer:
             for callback in self.callbacks:
                 callback.on_evaluate(self, results)
             self._update_best(results)
+        diagnostics = self.distiller.diagnostics()
+        if diagnostics:
+            self.logger.log("method", self.step, stage=self.stage.name, epoch=round(self.epoch, 4),
+                            **diagnostics)
         self.last_eval, self.last_eval_step = results, self.step
         self.save_checkpoint()
 

@@ -17,6 +17,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
+from kdlab.config.schema import RunConfig, StageConfig
 from kdlab.data.batch import Batch
 
 
@@ -64,6 +65,9 @@ class Distiller(nn.Module):
     default_weights: ClassVar[dict[str, float]] = {}
     needs_teacher: ClassVar[bool] = True
     Params: ClassVar[type[BaseModel]] = NoParams
+    #: the evaluated model (a key of the trainer's ``eval_models()``) whose validation metric selects
+    #: ``best.pt`` and whose test metrics the run summary reports: the deployable model of the method.
+    select_model: ClassVar[str] = "student"
 
     def __init__(
         self,
@@ -84,6 +88,7 @@ class Distiller(nn.Module):
         self.weights: dict[str, float] = dict(self.default_weights)
         self.progress = 0.0
         self.stage = ""
+        self.stage_epochs = 0.0
         self.__dict__["_teacher"] = None
         self._teacher_input: tuple[Tensor, Tensor] | None = None
         if teacher is not None:
@@ -136,8 +141,27 @@ class Distiller(nn.Module):
             raise ValueError(f"every loss term of {type(self).__name__} has weight 0")
         return total
 
+    def eval_reference(self) -> Callable[[Tensor], Tensor] | None:
+        """Logits every evaluation compares models against (agreement, KL), or None for no comparison."""
+        return None
+
     def eval_models(self) -> dict[str, nn.Module]:
         """Models evaluated beside the student, by name (e.g. the other peers of an online cohort)."""
+        return {}
+
+    def default_stages(self, config: RunConfig) -> list[StageConfig] | None:
+        """The stage plan of a run whose config lists no ``stages`` (None: one stage from ``train``).
+
+        A method whose schedule depends on the models (one stage per backbone stage, say) derives it
+        here from the config's total budget; an explicit ``stages:`` list in the config always wins.
+        """
+        return None
+
+    def diagnostics(self) -> dict[str, float]:
+        """Scalars the method reports at each evaluation (statistics since the previous one), or {}.
+
+        Called on every process at every evaluation; the trainer logs them as a ``method`` record.
+        """
         return {}
 
     def extra_parameter_count(self) -> int:

@@ -1,6 +1,6 @@
 """Models by name: the CIFAR zoo, small CNNs, torchvision and timm; stage presets and feature taps."""
 
-from kdlab.models import cifar, small_cnn
+from kdlab.models import cifar, domainbed_cnn, small_cnn
 from kdlab.models.hooks import FeatureTaps, TapPoint
 from kdlab.models.presets import StagePreset
 from kdlab.models.registry import build_model, list_models, register_model, stage_preset
@@ -11,6 +11,7 @@ __all__ = [
     "TapPoint",
     "build_model",
     "cifar",
+    "domainbed_cnn",
     "list_models",
     "register_model",
     "small_cnn",

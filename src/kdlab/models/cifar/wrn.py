@@ -122,3 +122,15 @@ def wrn_40_1(num_classes: int = 100, in_channels: int = 3) -> WideResNet:
 def wrn_40_2(num_classes: int = 100, in_channels: int = 3) -> WideResNet:
     """WRN-40-2."""
     return WideResNet(40, 2, num_classes, in_channels)
+
+
+@register_model("wrn_28_4", family="cifar_wrn", preset=WRN_PRESET)
+def wrn_28_4(num_classes: int = 100, in_channels: int = 3) -> WideResNet:
+    """WRN-28-4 (the teachers and student of Nam et al., ICML 2022)."""
+    return WideResNet(28, 4, num_classes, in_channels)
+
+
+@register_model("wrn_28_10", family="cifar_wrn", preset=WRN_PRESET)
+def wrn_28_10(num_classes: int = 100, in_channels: int = 3) -> WideResNet:
+    """WRN-28-10."""
+    return WideResNet(28, 10, num_classes, in_channels)

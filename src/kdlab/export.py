@@ -1,0 +1,155 @@
+"""``kdlab export``: a trained student as a plain state_dict, TorchScript and ONNX, each checked.
+
+The student comes from a kdlab checkpoint or run directory (``best.pt``, else ``last.pt``): whatever
+model the run selected (the student, an averaged model, the merged network of ``batchensemble_kd``).
+A checkpoint that holds a BatchEnsemble student (``last.pt`` of a ``batchensemble_kd`` run) is merged
+first (:func:`kdlab.ensemble.merge_batchensemble`). Files written to ``out_dir``:
+
+- ``model.pt``: ``torch.save`` of the state_dict of the student's architecture (plain tensors; loads
+  with ``torch.load(weights_only=True)`` into a freshly built model of that architecture);
+- ``model.torchscript.pt``: ``torch.jit.trace`` of the model in eval mode (TorchScript is deprecated
+  in recent PyTorch, but still the format many deployments read);
+- ``model.onnx``: the ``torch.export``-based ONNX exporter, with a dynamic batch dimension (needs the
+  ``export`` extra: onnx, onnxscript, onnxruntime);
+- ``export.json``: architecture, class count, input shape and the input normalization the model
+  expects (it takes *normalized* inputs: ``(pixel - mean) / std``), and per format the largest
+  absolute difference from PyTorch's logits on a batch of the run's test split (ONNX is run with
+  onnxruntime). A difference above ``atol + rtol * |logits|`` fails the export.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from kdlab.config.load import apply_overrides, validate
+from kdlab.engine import checkpoint
+from kdlab.ensemble import BatchEnsemble, merge_batchensemble
+from kdlab.run import build_data_for, build_network, checkpoint_path
+
+FORMATS = ("state_dict", "torchscript", "onnx")
+ONNX_LOGGERS = ("onnxscript", "onnx_ir", "torch.onnx")
+
+
+class ExportError(ValueError):
+    """An export that could not be written or whose output differs from PyTorch's; one line."""
+
+
+def load_student(state: dict[str, Any], network: nn.Module) -> nn.Module:
+    """``network`` holding a checkpoint's student; a BatchEnsemble student is merged into it."""
+    weights = checkpoint.student_state(state["model"])
+    offsets = [v for k, v in weights.items() if k.endswith("r_offset")]
+    if offsets:
+        ensemble = BatchEnsemble(network, offsets[0].shape[0])
+        ensemble.load_state_dict(weights)
+        return merge_batchensemble(ensemble)
+    network.load_state_dict(weights)
+    return network
+
+
+def _check(name: str, got: Tensor, expected: Tensor, atol: float, rtol: float) -> float:
+    diff = (got.float() - expected.float()).abs()
+    if not bool((diff <= atol + rtol * expected.float().abs()).all()):
+        raise ExportError(f"{name} export differs from PyTorch by up to {float(diff.max()):.3g} "
+                          f"(atol {atol}, rtol {rtol})")
+    return float(diff.max())
+
+
+def _torchscript(model: nn.Module, batch: Tensor, path: Path) -> Tensor:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.trace(model, (batch,)).save(str(path))
+        with torch.no_grad():
+            return torch.jit.load(str(path))(batch)
+
+
+@contextlib.contextmanager
+def _quiet_loggers(*names: str) -> Iterator[None]:
+    """Loggers ``names`` at WARNING inside the block (the ONNX optimizer logs every pass at INFO)."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def _onnx(model: nn.Module, batch: Tensor, path: Path) -> Tensor:
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ExportError("ONNX export needs onnx, onnxscript and onnxruntime: pip install 'kdlab[export]'") \
+            from None
+    batch_dim = torch.export.Dim("batch")
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _quiet_loggers(*ONNX_LOGGERS):
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(model, (batch,), str(path), dynamo=True, verbose=False, external_data=False,
+                              input_names=["input"], output_names=["logits"],
+                              dynamic_shapes=({0: batch_dim},))
+        except ImportError as exc:
+            raise ExportError(f"ONNX export needs {exc.name}: pip install 'kdlab[export]'") from None
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (logits,) = session.run(["logits"], {"input": batch.numpy()})
+    return torch.from_numpy(logits)
+
+
+def export_student(location: str | Path, out_dir: str | Path, overrides: Sequence[str] = (),
+                   formats: Sequence[str] = FORMATS, check_batch: int = 32, atol: float = 1e-4,
+                   rtol: float = 1e-4) -> dict[str, Any]:
+    """Write the student of ``location`` to ``out_dir`` in ``formats``; returns what ``export.json`` holds."""
+    unknown = sorted(set(formats) - set(FORMATS))
+    if unknown:
+        raise ExportError(f"unknown export format {unknown[0]!r}; formats: {', '.join(FORMATS)}")
+    path = checkpoint_path(location, "checkpoint")
+    state = checkpoint.load(path)
+    if not isinstance(state.get("config"), dict) or not isinstance(state.get("model"), dict):
+        raise checkpoint.CheckpointError(f"{path}: not a kdlab checkpoint (no config or model)")
+    config = validate(apply_overrides(state["config"], overrides), source=str(path))
+    config.train.device = "cpu"
+    data = build_data_for(config, torch.device("cpu"))
+    config.student.checkpoint = None
+    model = load_student(state, build_network(config.student, data, "student")).eval()
+    data.test.set_epoch(0)
+    batch = next(iter(data.test)).inputs[:check_batch].float().contiguous()
+    with torch.no_grad():
+        expected = model(batch)
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {
+        "checkpoint": str(path), "model": config.student.name, "num_classes": data.num_classes,
+        "input_shape": list(data.input_shape), "mean": list(data.mean), "std": list(data.std),
+        "check_batch": int(batch.shape[0]), "files": {}, "max_abs_diff": {},
+    }
+    if "state_dict" in formats:
+        target = out / "model.pt"
+        torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, target)
+        fresh = build_network(config.student, data, "student").eval()
+        fresh.load_state_dict(torch.load(target, weights_only=True))
+        with torch.no_grad():
+            report["max_abs_diff"]["state_dict"] = _check("state_dict", fresh(batch), expected, atol, rtol)
+        report["files"]["state_dict"] = target.name
+    if "torchscript" in formats:
+        target = out / "model.torchscript.pt"
+        report["max_abs_diff"]["torchscript"] = _check("TorchScript", _torchscript(model, batch, target),
+                                                       expected, atol, rtol)
+        report["files"]["torchscript"] = target.name
+    if "onnx" in formats:
+        target = out / "model.onnx"
+        report["max_abs_diff"]["onnx"] = _check("ONNX", _onnx(model, batch, target), expected, atol, rtol)
+        report["files"]["onnx"] = target.name
+    (out / "export.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report

@@ -1,0 +1,226 @@
+"""Leave-one-domain-out domain generalization (DomainBed's protocol, Gulrajani & Lopez-Paz, 2021).
+
+For every target domain and seed, ``kdlab dg`` schedules ordinary runs on the other (source) domains:
+
+1. the teacher: trained on the sources from ``--teacher CONFIG`` (a run directory per target and
+   seed), or loaded from the student config's ``teacher.checkpoint``, which must then name the
+   target-specific teacher with ``{target}`` (the domain's short name) and ``{seed}`` placeholders;
+2. each student config, distilled on the same sources, in domain-balanced batches, with the same
+   per-domain in/out split (``data.split_seed`` = the seed).
+
+Selection uses *training-domain validation* only (the pooled held-out parts of the source domains);
+the target domain is never used to select. Each run reports the test accuracy (target domain, "in"
+part) of the model its config defines as the result: the validation-selected model, or, for averaging
+strategies whose result is the final average (SWA, EMA, SWAD, WAKD), that final average. No oracle
+(test-domain validation) row is computed.
+
+The protocol writes ``OUT/results.jsonl`` (one JSON line per run: config, target, seed, accuracies,
+cost) and ``OUT/results.md``: one row per config, one column per target domain with the mean and the
+standard error over seeds (DomainBed's convention, std / sqrt(n)), and their average. Finished runs
+(with ``summary.json``) are reused; interrupted ones resume from ``last.pt``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kdlab.config.load import ConfigError, apply_overrides, read_yaml, set_dotted, validate
+from kdlab.config.schema import RunConfig
+from kdlab.data.domains import DOMAIN_SETS, DomainSet
+from kdlab.run import train
+
+log = logging.getLogger("kdlab")
+SHARED_DATA_KEYS = ("name", "root", "val_fraction")
+SHARED_OPTIONS = ("domain_size", "data_seed")
+PLACEHOLDERS = ("{target}", "{seed}")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One scheduled run: which config, target domain and seed, and where it lives."""
+
+    label: str
+    target: int
+    seed: int
+    run_dir: Path
+    config: RunConfig
+
+
+def _tree(path: str | Path, overrides: Sequence[str]) -> dict[str, Any]:
+    return apply_overrides(read_yaml(path), overrides)
+
+
+def _domain_set(tree: dict[str, Any], source: str) -> DomainSet:
+    name = (tree.get("data") or {}).get("name")
+    if name not in DOMAIN_SETS:
+        raise ConfigError(f"{source}: data.name {name!r} is not a domain dataset; kdlab dg needs one of "
+                          f"{', '.join(DOMAIN_SETS.names())}")
+    return DOMAIN_SETS.get(name)
+
+
+def _for_run(tree: dict[str, Any], spec: DomainSet, target: int, seed: int, run_dir: Path,
+             source: str) -> RunConfig:
+    tree = json.loads(json.dumps(tree))
+    set_dotted(tree, ["data", "options", "test_domains"], [spec.domains[target]])
+    set_dotted(tree, ["data", "split_seed"], seed)
+    set_dotted(tree, ["train", "seed"], seed)
+    tree["out_dir"], tree["name"] = str(run_dir.parent), run_dir.name
+    return validate(tree, f"{source} (target {spec.domains[target]}, seed {seed})")
+
+
+def _check_same_data(student: dict[str, Any], teacher: dict[str, Any], source: str) -> None:
+    """Teacher and student must split the domains identically (augmentation may differ)."""
+    pairs = [(f"data.{k}", student["data"].get(k), teacher["data"].get(k)) for k in SHARED_DATA_KEYS]
+    pairs += [(f"data.options.{k}", (student["data"].get("options") or {}).get(k),
+               (teacher["data"].get("options") or {}).get(k)) for k in SHARED_OPTIONS]
+    for key, mine, theirs in pairs:
+        if mine != theirs:
+            raise ConfigError(f"{source}: {key} = {mine!r} differs from the teacher config's {theirs!r}; "
+                              "teacher and student must see the same domains and splits")
+
+
+def _teacher_path(tree: dict[str, Any], spec: DomainSet, target: int, seed: int, source: str) -> str:
+    checkpoint = str((tree.get("teacher") or {}).get("checkpoint") or "")
+    if not all(p in checkpoint for p in PLACEHOLDERS):
+        raise ConfigError(
+            f"{source}: teacher.checkpoint must name a teacher per target domain and seed with {{target}} "
+            "and {seed} (a teacher trained on every domain has seen the target), or pass --teacher CONFIG")
+    return checkpoint.format(target=spec.domains[target], seed=seed)
+
+
+def plan(configs: Sequence[str | Path], overrides: Sequence[str] = (), *, teacher: str | Path | None = None,
+         seeds: Sequence[int] = (0,), targets: Sequence[int | str] | None = None,
+         out_dir: str | Path = "runs/dg") -> tuple[DomainSet, list[RunSpec]]:
+    """Every run of the protocol, teachers first, in the order they will run."""
+    if not configs:
+        raise ConfigError("kdlab dg: give at least one student CONFIG")
+    out = Path(out_dir)
+    students = [(Path(c).stem, _tree(c, overrides), str(c)) for c in configs]
+    spec = _domain_set(students[0][1], str(configs[0]))
+    for _, tree, source in students:
+        if _domain_set(tree, source) is not spec:
+            raise ConfigError(f"{source}: every config of one kdlab dg call must use dataset {spec.title}")
+    try:
+        chosen = list(range(len(spec.domains))) if not targets else \
+            [spec.domain_index(t) for t in targets]
+    except ValueError as exc:
+        raise ConfigError(f"--targets: {exc}") from None
+    teacher_tree = _tree(teacher, overrides) if teacher is not None else None
+    if teacher_tree is not None:
+        for _, tree, source in students:
+            _check_same_data(tree, teacher_tree, source)
+    runs: list[RunSpec] = []
+    for target in chosen:
+        for seed in seeds:
+            domain = spec.domains[target]
+            teacher_dir = out / "teacher" / domain / f"seed{seed}"
+            if teacher_tree is not None:
+                runs.append(RunSpec("teacher", target, seed, teacher_dir,
+                                    _for_run(teacher_tree, spec, target, seed, teacher_dir, str(teacher))))
+            for label, tree, source in students:
+                run_dir = out / label / domain / f"seed{seed}"
+                if tree.get("teacher"):
+                    path = str(teacher_dir) if teacher_tree is not None else \
+                        _teacher_path(tree, spec, target, seed, source)
+                    tree = {**tree, "teacher": {**tree["teacher"], "checkpoint": path}}
+                config = _for_run(tree, spec, target, seed, run_dir, source)
+                runs.append(RunSpec(label, target, seed, run_dir, config))
+    return spec, runs
+
+
+def execute(runs: Sequence[RunSpec], quiet: bool = False) -> None:
+    """Train every run that has no ``summary.json`` yet (resuming those with a ``last.pt``)."""
+    for i, run in enumerate(runs, 1):
+        if (run.run_dir / "summary.json").is_file():
+            continue
+        config = run.config
+        if quiet:
+            config.train.progress = False
+        resume = run.run_dir if (run.run_dir / "last.pt").is_file() else None
+        log.info("kdlab dg: run %d/%d: %s", i, len(runs), run.run_dir)
+        train(config, resume=resume)
+
+
+def result_line(run: RunSpec, spec: DomainSet) -> dict[str, Any] | None:
+    """The JSON line of a finished run (None when it has not finished)."""
+    path = run.run_dir / "summary.json"
+    if not path.is_file():
+        return None
+    summary = json.loads(path.read_text())
+    averaging = summary.get("averaging") or {}
+    reported = averaging.get("report", "test_selected")
+    steps = max(summary["steps"], 1)
+    return {
+        "config": run.label,
+        "dataset": run.config.data.name,
+        "target": run.target,
+        "target_name": spec.domains[run.target],
+        "seed": run.seed,
+        "method": run.config.method.name,
+        "averaging": averaging.get("strategy", "none"),
+        "reported": reported,
+        "test_acc": summary[reported]["top1"],
+        "test_last": summary["test_last"]["top1"],
+        "test_selected": summary["test_selected"]["top1"],
+        "val_selected": (summary.get("selected") or {}).get("value"),
+        "averaged_steps": [averaging.get("first_step"), averaging.get("last_step")] if averaging else None,
+        "steps": summary["steps"],
+        "step_time_ms": round(1000 * summary["train_time_s"] / steps, 2),
+        "img_per_s": summary["img_per_s"],
+        "train_time_s": summary["train_time_s"],
+        "run_dir": str(run.run_dir),
+    }
+
+
+def _mean_err(values: Sequence[float]) -> str:
+    mean = sum(values) / len(values)
+    err = math.sqrt(sum((v - mean) ** 2 for v in values) / len(values) / len(values))
+    return f"{mean:.1f} ± {err:.1f}"
+
+
+def table(lines: Sequence[dict[str, Any]], spec: DomainSet, targets: Sequence[int]) -> str:
+    """A DomainBed-style markdown table: configs x target domains (mean ± s.e. over seeds) and Avg."""
+    labels = list(dict.fromkeys(line["config"] for line in lines))
+    header = ["Config", *(spec.domains[t] for t in targets), "Avg"]
+    rows = []
+    for label in labels:
+        cells, means = [], []
+        for t in targets:
+            values = [x["test_acc"] for x in lines if x["config"] == label and x["target"] == t]
+            cells.append(_mean_err(values) if values else "-")
+            if values:
+                means.append(sum(values) / len(values))
+        rows.append([label, *cells, f"{sum(means) / len(means):.1f}" if len(means) == len(targets) else "-"])
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(out)
+
+
+def collect(runs: Sequence[RunSpec], spec: DomainSet, out_dir: str | Path
+            ) -> tuple[list[dict[str, Any]], str]:
+    """Write ``results.jsonl`` and ``results.md`` from the finished runs; returns the lines and the table."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    lines = [line for run in runs if (line := result_line(run, spec)) is not None]
+    (out / "results.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    targets = list(dict.fromkeys(run.target for run in runs))
+    seeds = sorted({run.seed for run in runs})
+    text = (f"{spec.title}, leave-one-domain-out, training-domain validation; test accuracy (%) on the "
+            f"target domain, mean ± standard error over seeds {seeds}\n\n{table(lines, spec, targets)}\n")
+    (out / "results.md").write_text(text)
+    return lines, text
+
+
+def run_dg(configs: Sequence[str | Path], overrides: Sequence[str] = (), *, teacher: str | Path | None = None,
+           seeds: Sequence[int] = (0,), targets: Sequence[int | str] | None = None,
+           out_dir: str | Path = "runs/dg", quiet: bool = False) -> str:
+    """Plan, train what is missing, and aggregate; returns the markdown table."""
+    spec, runs = plan(configs, overrides, teacher=teacher, seeds=seeds, targets=targets, out_dir=out_dir)
+    execute(runs, quiet=quiet)
+    return collect(runs, spec, out_dir)[1]

@@ -1,0 +1,186 @@
+"""Expand a study into ordinary runs: conditions x pairs x methods x seeds, plus the teachers they need.
+
+A teacher is one ``ce`` run of the pair's teacher model, keyed by (teacher model, the data it trains on,
+seed); every student run that needs it (methods whose ``needs_teacher`` is set) depends on it, so each
+teacher is trained once and shared by all methods (and, with ``teacher.per_seed: false``, all seeds).
+Jobs are listed seed by seed, teachers before their students, which is the order the pool starts them:
+an interrupted study has whole seeds done first.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kdlab.config.load import read_yaml, set_dotted
+from kdlab.methods import METHODS
+from kdlab.protocols.study_schema import ConditionsConfig, MethodEntry, PairConfig, StudyConfig
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One data condition: a ``data.noise`` and/or ``data.imbalance`` section (neither: clean)."""
+
+    name: str
+    noise: dict[str, Any] | None = None
+    imbalance: dict[str, Any] | None = None
+
+    @property
+    def noise_type(self) -> str | None:
+        return self.noise["type"] if self.noise else None
+
+    @property
+    def noise_rate(self) -> float:
+        return float(self.noise["rate"]) if self.noise else 0.0
+
+    @property
+    def imbalance_profile(self) -> str | None:
+        return self.imbalance["profile"] if self.imbalance else None
+
+    @property
+    def imbalance_ratio(self) -> float:
+        return float(self.imbalance["ratio"]) if self.imbalance else 1.0
+
+
+CLEAN = Condition("clean")
+
+
+@dataclass
+class Job:
+    """One run of the study. ``tree`` is its run config (unvalidated); ``depends`` its teacher's job id."""
+
+    id: str
+    role: str
+    condition: Condition
+    pair: str
+    model: str
+    method: str
+    method_name: str
+    seed: int
+    tree: dict[str, Any]
+    teacher_model: str | None = None
+    depends: str | None = None
+    labels_key: str | None = field(default=None, repr=False)
+
+
+def slug(text: str) -> str:
+    """A file-name-safe form of ``text``."""
+    return re.sub(r"[^A-Za-z0-9.+=-]+", "_", text).strip("_")
+
+
+def expand_conditions(config: ConditionsConfig) -> list[Condition]:
+    """The conditions of the study, clean first when present, without duplicates."""
+    noises = [
+        None if rate == 0 else {"type": axis.type, "rate": rate, "seed": config.noise_seed,
+                                "flip_map": axis.flip_map, "include_true_class": axis.include_true_class,
+                                "val": axis.val}
+        for axis in config.noise for rate in axis.rates
+    ]
+    imbalances = [
+        None if ratio == 1 else {"profile": axis.profile, "ratio": ratio, "seed": config.imbalance_seed,
+                                 "minority_fraction": axis.minority_fraction, "groups": axis.groups}
+        for axis in config.imbalance for ratio in axis.ratios
+    ]
+    if config.cross:
+        combos = [(n, i) for n in (noises or [None]) for i in (imbalances or [None])]
+    else:
+        combos = [(n, None) for n in noises] + [(None, i) for i in imbalances] or [(None, None)]
+    conditions: dict[str, Condition] = {}
+    for noise, imbalance in combos:
+        condition = _condition(noise, imbalance)
+        conditions.setdefault(condition.name, condition)
+    return sorted(conditions.values(), key=lambda c: c.name != "clean")
+
+
+def _condition(noise: dict[str, Any] | None, imbalance: dict[str, Any] | None) -> Condition:
+    parts = []
+    if noise is not None:
+        parts.append(f"noise-{noise['type']}-{noise['rate']:g}")
+    if imbalance is not None:
+        parts.append(f"imb-{imbalance['profile']}-{imbalance['ratio']:g}")
+    return Condition("_".join(parts) or "clean", noise, imbalance)
+
+
+def base_tree(study: StudyConfig, folder: Path) -> dict[str, Any]:
+    """The study's base run config with its ``overrides`` applied."""
+    tree = read_yaml(folder / study.base) if isinstance(study.base, str) else copy.deepcopy(study.base)
+    for key, value in study.overrides.items():
+        set_dotted(tree, key.split("."), value)
+    return tree
+
+
+def _run_tree(base: dict[str, Any], overrides: dict[str, Any], condition: Condition, model: str,
+              method: dict[str, Any], seed: int, name: str, runs_dir: Path) -> dict[str, Any]:
+    tree = copy.deepcopy(base)
+    for key, value in overrides.items():
+        set_dotted(tree, key.split("."), value)
+    tree.pop("teacher", None)
+    tree.pop("teachers", None)
+    student = tree.get("student") or {}
+    tree["student"] = {**student, "name": model} if student.get("name") == model else {"name": model}
+    tree["method"] = method
+    data = tree.setdefault("data", {})
+    for key, section in (("noise", condition.noise), ("imbalance", condition.imbalance)):
+        if section is None:
+            data.pop(key, None)
+        else:
+            data[key] = {k: v for k, v in section.items() if v is not None}
+    tree.setdefault("train", {})["seed"] = seed
+    tree["name"] = name
+    tree["out_dir"] = str(runs_dir)
+    return tree
+
+
+def _method_section(entry: MethodEntry) -> dict[str, Any]:
+    return {"name": entry.name, "weights": dict(entry.weights), "params": copy.deepcopy(entry.params)}
+
+
+def expand(study: StudyConfig, folder: Path, study_dir: Path) -> list[Job]:
+    """Every job of the study, in start order (see the module docstring)."""
+    base = base_tree(study, folder)
+    runs_dir = study_dir / "runs"
+    conditions = expand_conditions(study.conditions)
+    teachers: dict[str, Job] = {}
+    jobs: list[Job] = []
+    for seed in study.seeds:
+        students: list[Job] = []
+        fresh: list[Job] = []
+        for condition in conditions:
+            for pair in study.pairs:
+                for entry in study.methods:
+                    job = _student_job(study, base, runs_dir, condition, pair, entry, seed)
+                    if METHODS.get(entry.name).needs_teacher:
+                        teacher = _teacher_job(study, base, runs_dir, condition, pair, seed)
+                        if teacher.id not in teachers:
+                            teachers[teacher.id] = teacher
+                            fresh.append(teacher)
+                        path = runs_dir / teacher.id
+                        job.tree["teacher"] = {"name": pair.teacher, "checkpoint": str(
+                            path / "last.pt" if study.teacher.checkpoint == "last" else path)}
+                        job.depends = teacher.id
+                    students.append(job)
+        jobs += fresh + students
+    return jobs
+
+
+def _student_job(study: StudyConfig, base: dict[str, Any], runs_dir: Path, condition: Condition,
+                 pair: PairConfig, entry: MethodEntry, seed: int) -> Job:
+    job_id = f"student_{condition.name}_{slug(pair.name)}_{slug(entry.title)}_s{seed}"
+    tree = _run_tree(base, entry.overrides, condition, pair.student, _method_section(entry), seed, job_id,
+                     runs_dir)
+    return Job(job_id, "student", condition, pair.name, pair.student, entry.title, entry.name, seed, tree,
+               teacher_model=pair.teacher, labels_key=condition.name if condition.noise else None)
+
+
+def _teacher_job(study: StudyConfig, base: dict[str, Any], runs_dir: Path, condition: Condition,
+                 pair: PairConfig, seed: int) -> Job:
+    data = condition if study.teacher.data == "corrupted" else CLEAN
+    teacher_seed = seed if study.teacher.per_seed else study.seeds[0]
+    job_id = f"teacher_{data.name}_{slug(pair.teacher)}_s{teacher_seed}"
+    tree = _run_tree(base, study.teacher.overrides, data, pair.teacher, {"name": "ce"}, teacher_seed, job_id,
+                     runs_dir)
+    return Job(job_id, "teacher", data, pair.teacher, pair.teacher, "teacher", "ce", teacher_seed, tree,
+               labels_key=data.name if data.noise else None)

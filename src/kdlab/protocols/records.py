@@ -1,0 +1,100 @@
+"""What a study keeps on disk besides its run directories: job status files and ``results.jsonl``.
+
+``STUDY/status/<job>.json`` holds the job's state (``running``, ``done``, ``failed``, ``interrupted``,
+``blocked``), the attempt count, the child's pid and exit code and the config digest. ``results.jsonl``
+gets one line per finished run (appended once: a run is never listed twice), built from the job and
+its ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from kdlab.protocols.grid import Job
+
+RESULTS = "results.jsonl"
+
+
+def config_digest(tree: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(tree, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def read_status(study_dir: Path, job_id: str) -> dict[str, Any]:
+    path = study_dir / "status" / f"{job_id}.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def write_status(study_dir: Path, job_id: str, **fields: Any) -> dict[str, Any]:
+    """Merge ``fields`` into the job's status file (written atomically) and return it."""
+    status = {**read_status(study_dir, job_id), **fields, "updated": round(time.time(), 3)}
+    path = study_dir / "status" / f"{job_id}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(status, indent=1) + "\n")
+    os.replace(tmp, path)
+    return status
+
+
+def read_results(path: Path) -> list[dict[str, Any]]:
+    """The lines of a ``results.jsonl`` (a torn last line, from a crash mid-write, is skipped)."""
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    return records
+
+
+def append_result(path: Path, record: dict[str, Any]) -> None:
+    with path.open("a") as handle:
+        handle.write(json.dumps(record) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def result_record(job: Job, summary: dict[str, Any], study_dir: Path) -> dict[str, Any]:
+    """One ``results.jsonl`` line: who the run is (condition, pair, method, seed) and what it scored."""
+    condition = job.condition
+    noise = summary.get("corruption", {}).get("noise") or {}
+    return {
+        "id": job.id,
+        "role": job.role,
+        "condition": condition.name,
+        "noise_type": condition.noise_type,
+        "noise_rate": condition.noise_rate,
+        "imbalance_profile": condition.imbalance_profile,
+        "imbalance_ratio": condition.imbalance_ratio,
+        "pair": job.pair,
+        "model": job.model,
+        "teacher_model": job.teacher_model,
+        "teacher_run": job.depends,
+        "method": job.method,
+        "method_name": job.method_name,
+        "seed": job.seed,
+        "run_dir": os.path.relpath(study_dir / "runs" / job.id, study_dir),
+        "test_last": summary.get("test_last"),
+        "test_selected": summary.get("test_selected"),
+        "val_last": summary.get("val_last"),
+        "selected": summary.get("selected"),
+        "classes": summary.get("classes"),
+        "train_counts": summary.get("corruption", {}).get("train_counts"),
+        "groups": summary.get("corruption", {}).get("groups"),
+        "realized_noise_train": noise.get("realized_rate_train"),
+        "realized_noise_val": noise.get("realized_rate_val"),
+        "steps": summary.get("steps"),
+        "epochs": summary.get("epochs"),
+        "student_params": summary.get("student_params"),
+        "train_time_s": summary.get("train_time_s"),
+        "wall_time_s": summary.get("wall_time_s"),
+    }
