@@ -28,7 +28,8 @@ class Recorder(Callback):
         self.epoch_ends = []
 
     def on_step_end(self, trainer):
-        self.iterates[trainer.step] = [p.detach().double().clone() for p in trainer.distiller.student.parameters()]
+        params = trainer.distiller.student.parameters()
+        self.iterates[trainer.step] = [p.detach().double().clone() for p in params]
 
     def on_epoch_end(self, trainer):
         self.epoch_ends.append(trainer.step)
@@ -45,7 +46,8 @@ class Interrupt(Callback):
 
 def mean_of(recorder, steps):
     steps = list(steps)
-    return [torch.stack([recorder.iterates[s][i] for s in steps]).mean(0) for i in range(len(recorder.iterates[1]))]
+    count = len(recorder.iterates[1])
+    return [torch.stack([recorder.iterates[s][i] for s in steps]).mean(0) for i in range(count)]
 
 
 def averaged_params(run_dir):
@@ -62,10 +64,12 @@ def assert_close(actual, expected):
 
 
 def run(digits_config, name, strategy, params=None, callbacks=(), **sections):
-    base = dict(data={"subset": 320, "batch_size": 32}, student={"name": "cnn_tiny", "kwargs": {"batchnorm": False}},
+    base = dict(data={"subset": 320, "batch_size": 32},
+                student={"name": "cnn_tiny", "kwargs": {"batchnorm": False}},
                 train={"epochs": None, "steps": STEPS, "eval_every": 4})
     base.update(sections)
-    config = validate(digits_config(name=name, averaging={"strategy": strategy, "params": params or {}}, **base))
+    averaging = {"strategy": strategy, "params": params or {}}
+    config = validate(digits_config(name=name, averaging=averaging, **base))
     return train(config, callbacks=callbacks)
 
 
@@ -266,7 +270,8 @@ def test_live_bn_average_is_recalibrated_and_frozen_bn_never_moves(digits_config
     assert result.summary["averaging"]["buffers"] == "recalibrate"
 
     frozen = validate(digits_config(
-        name="frozen", student={"name": "cnn_tiny", "freeze_bn": True}, data={"subset": 320, "batch_size": 32},
+        name="frozen", student={"name": "cnn_tiny", "freeze_bn": True},
+        data={"subset": 320, "batch_size": 32},
         train={"epochs": None, "steps": 4, "eval_every": 4}, averaging={"strategy": "wakd"}))
     result = train(frozen)
     student = load(result.run_dir / "last.pt")["model"]
@@ -299,3 +304,18 @@ def test_bad_averaging_config_gets_one_line(digits_config):
         train(validate(digits_config(averaging={"strategy": "wakd", "params": {"start_frac": 0.1}})))
     with pytest.raises(ConfigError, match="validation split"):
         train(validate(digits_config(data={"val_fraction": 0.0}, averaging={"strategy": "swad"})))
+
+
+def test_shipped_averaging_configs_validate():
+    from pathlib import Path
+
+    from kdlab.config import load_config
+    from kdlab.engine.averaging import build_averager
+
+    paths = [p for p in (Path(__file__).parents[1] / "configs").rglob("*.yaml") if not p.name.startswith("_")]
+    strategies = set()
+    for path in paths:
+        averaging = load_config(path).averaging
+        if build_averager(averaging) is not None:
+            strategies.add(averaging.strategy)
+    assert {"swad", "sma", "wakd"} <= strategies

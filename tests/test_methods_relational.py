@@ -26,6 +26,8 @@ from kdlab.methods.vid import VariationalRegressor, match_resolution, vid_loss
 from kdlab.models import build_model
 from kdlab.run import train
 
+from .test_train import Interrupt, assert_bitwise_equal
+
 METHODS = ["sp", "rkd", "pkt", "vid", "cc", "crd"]
 SMALL = {"crd": {"num_negatives": 32}}
 
@@ -302,3 +304,16 @@ def test_crd_queue_and_infonce_train(digits_config):
                        channels_last=True)
     result = train(config, teacher=build_model("resnet8", 10))
     assert int(load(result.run_dir / "last.pt")["model"]["memory.pointer"]) == 2 * 8 % 12
+
+
+def test_crd_resume_restores_memory_and_z_exactly(digits_config):
+    base = dict(method={"name": "crd", "params": SMALL["crd"]}, teacher={"name": "cnn_small"},
+                data={"subset": 200}, train={"epochs": None, "steps": 4, "eval_every": 2})
+    teacher = build_model("cnn_small", 10, in_channels=1)
+    full = train(validate(digits_config(name="full", **base)), teacher=teacher)
+    config = validate(digits_config(name="cut", **base))
+    with pytest.raises(KeyboardInterrupt):
+        train(config, teacher=teacher, callbacks=[Interrupt(3)])
+    run_dir = full.run_dir.parent / "cut"
+    train(config, teacher=teacher, resume=run_dir)
+    assert_bitwise_equal(load(full.run_dir / "last.pt")["model"], load(run_dir / "last.pt")["model"])

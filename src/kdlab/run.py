@@ -190,10 +190,10 @@ def train(
         num_train_samples=data.train.num_samples, student_name=config.student.name,
         teacher_name=config.teacher.name if config.teacher else "+".join(t.name for t in config.teachers),
     )
+    teacher_config = config.teacher or next(iter(config.teachers), None)
     distiller = build_distiller(config.method, student, teacher, context,
                                 student_norm=normalization(config.student, data),
-                                teacher_norm=normalization(config.teacher or next(iter(config.teachers), None),
-                                                           data))
+                                teacher_norm=normalization(teacher_config, data))
 
     run_dir: Path | None = None
     if write:

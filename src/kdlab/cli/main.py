@@ -1,4 +1,4 @@
-"""The ``kdlab`` command line: train, eval, demo, list, dg."""
+"""The ``kdlab`` command line: train, eval, demo, list, dg, study, report."""
 
 from __future__ import annotations
 
@@ -54,6 +54,37 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_study(args: argparse.Namespace) -> int:
+    from kdlab.protocols.study import Study
+    from kdlab.protocols.study_schema import load_study
+
+    config, folder = load_study(args.study)
+    study = Study(config, folder, workers=args.workers)
+    if args.dry_run:
+        for job in study.jobs:
+            print(f"{job.id}" + (f"  (after {job.depends})" if job.depends else ""))
+        print(f"{len(study.jobs)} runs in {study.dir}")
+        return 0
+    try:
+        outcome = study.run()
+    except KeyboardInterrupt:
+        print(f"kdlab: interrupted; resume with: kdlab study {args.study}", file=sys.stderr)
+        return 130
+    return 0 if outcome.ok else 1
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from kdlab.report import write_report
+
+    try:
+        path = write_report(args.directory, args.out, split=args.split)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"kdlab: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"report: {path}")
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     if args.what == "methods":
         from kdlab.methods import METHODS
@@ -77,7 +108,7 @@ def cmd_dg(args: argparse.Namespace) -> int:
     configs = [c for c in args.configs if "=" not in c]
     overrides = [c for c in args.configs if "=" in c]
     text = run_dg(configs, overrides, teacher=args.teacher, seeds=args.seeds, targets=args.targets,
-                  out_dir=args.out_dir, quiet=args.quiet)
+                  out_dir=args.out_dir, split_seed=args.split_seed, quiet=args.quiet)
     print(text)
     print(f"results: {Path(args.out_dir) / 'results.md'} and {Path(args.out_dir) / 'results.jsonl'}")
     return 0
@@ -125,12 +156,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", metavar="CONFIG",
                    help="teacher config, trained on the source domains per target and seed")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds (also the in/out split seed)")
+    p.add_argument("--split-seed", type=int,
+                   help="one in/out split for every seed (and one teacher per target); default: split = seed")
     p.add_argument("--targets", nargs="+", help="target domains by index or name (default: all)")
     p.add_argument("--out-dir", default="runs/dg")
     p.add_argument("--quiet", action="store_true", help="no progress bars; log lines only")
     p.set_defaults(func=cmd_dg)
 
-    p = sub.add_parser("export", help="a trained student as a plain state_dict, TorchScript and ONNX, checked")
+    p = sub.add_parser("export", help="a trained student as a state_dict, TorchScript and ONNX, checked")
     p.add_argument("checkpoint", help="a kdlab run directory (its best.pt, else last.pt) or checkpoint")
     p.add_argument("overrides", nargs="*", help="dotted overrides of the saved config, e.g. data.root=...")
     p.add_argument("--out", required=True, metavar="DIR", help="where model.pt, .torchscript.pt, .onnx go")
@@ -138,6 +171,19 @@ def parser() -> argparse.ArgumentParser:
                    help="default: all three")
     p.add_argument("--check-batch", type=int, default=32, help="test images compared against PyTorch")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("study", help="run a grid of runs (methods x conditions x pairs x seeds), resumably")
+    p.add_argument("study", help="study YAML file")
+    p.add_argument("--workers", type=int, help="parallel runs (default: the study file's 'workers')")
+    p.add_argument("--dry-run", action="store_true", help="list the runs and exit")
+    p.set_defaults(func=cmd_study)
+
+    p = sub.add_parser("report", help="markdown tables and PNG plots from a study's results.jsonl")
+    p.add_argument("directory", help="a study directory (or a results.jsonl file)")
+    p.add_argument("--out", help="output folder (default: DIRECTORY/report)")
+    p.add_argument("--split", choices=["test_last", "test_selected"],
+                   help="which test metrics to tabulate (default: the study file's report.split)")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("list", help="list registered methods, models or datasets")
     p.add_argument("what", choices=["methods", "models", "datasets"])

@@ -125,7 +125,8 @@ def folded_weight(layer: BatchEnsembleMixin) -> tuple[Tensor, Tensor | None]:
     weight = layer.weight
     if isinstance(layer, BatchEnsembleConv2d):
         groups = layer.groups
-        group_of_out = torch.arange(layer.out_channels, device=weight.device) // (layer.out_channels // groups)
+        per_group = layer.out_channels // groups
+        group_of_out = torch.arange(layer.out_channels, device=weight.device) // per_group
         r_per_out = r_bar.view(groups, layer.in_channels // groups)[group_of_out]
         spatial = [1] * (weight.dim() - 2)
         weight = weight * s_bar.view(-1, 1, *spatial) * r_per_out.view(*r_per_out.shape, *spatial)

@@ -18,7 +18,7 @@ torchdistill's ``CRDLoss`` is a copy), computed in log space (the reference's ep
 denominators is dropped; it is negligible next to K/N). The paper prints h with exp(.) unnormalized
 (Z = 1); the reference divides by Z, estimated once on the first batch as mean(exp(score / tau)) * N, as
 in the instance-discrimination NCE it builds on, and that is the default here (``z: null``; a number
-fixes Z). With Z = 1 the K negatives' terms are orders of magnitude larger (exp(s/tau) >> K/N). Option
+fixes Z). With Z = 1 each of the K negatives adds about log(1 + exp(s/tau) N/K) ~ 1 instead of ~ 1/K. Option
 ``objective: infonce`` uses the softmax form instead, ``-log(exp(pos/tau) / sum_k exp(score_k/tau))``
 per anchor and direction, averaged over the batch (no Z).
 

@@ -12,14 +12,14 @@ or RepDistiller's / mdistiller's ``nn.MSELoss``, the mean over all B*C*H*W eleme
 
 The paper trains in two stages: (1) the student up to the guided layer plus the regressor on
 ``L_hint`` alone, (2) the whole student with KD. That is a run config with ``stages:`` (stage 1:
-``weights: {ce: 0, kd: 0, hint: 1}`` and ``train_only`` the student's modules up to the guided layer
+``weights: {ce: 0, kd: 0}`` and ``train_only`` the student's modules up to the guided layer
 plus ``connector``; stage 2: ``weights: {hint: 0, ...}``, ``freeze: [connector]``). RepDistiller's
 one-stage joint training (CE 1, hint 100 with ``reduction: mean``, ``relu: true``) is a plain config.
 
 Default weights: CE 1, KD 0, hint 0.01. With the paper's reduction the hint's gradient per element is
 ``w_hint * diff / B``; RepDistiller's 100 on the element mean gives ``200 * diff / (B*C*H*W)``, so
-0.01 is close to RepDistiller's strength for hints of 8k-32k elements (CIFAR stage-2 maps). A weight
-of 1 with the paper's reduction diverges at the usual learning rates.
+0.01 is within a factor 2.5 of RepDistiller's strength for hints of 8k-32k elements (CIFAR stage-2
+maps). A weight of 1 with the paper's reduction diverges at the usual learning rates.
 
 The regressor is :class:`~kdlab.methods.connectors.ConvRegressor`. Its final ReLU (RepDistiller's
 default) is off by default here: a hint taken from a pre-activation network (WRN) can be negative,

@@ -6,7 +6,11 @@ For every target domain and seed, ``kdlab dg`` schedules ordinary runs on the ot
    seed), or loaded from the student config's ``teacher.checkpoint``, which must then name the
    target-specific teacher with ``{target}`` (the domain's short name) and ``{seed}`` placeholders;
 2. each student config, distilled on the same sources, in domain-balanced batches, with the same
-   per-domain in/out split (``data.split_seed`` = the seed).
+   per-domain in/out split (``data.split_seed`` = the seed, as DomainBed's trial seed).
+
+With ``split_seed`` set, every seed uses that one split and only the training seed varies; one teacher
+per target domain then serves all seeds (its directory is ``teacher/<domain>/split<k>``, and a
+``{seed}`` placeholder means the split seed).
 
 Selection uses *training-domain validation* only (the pooled held-out parts of the source domains);
 the target domain is never used to select. Each run reports the test accuracy (target domain, "in"
@@ -65,10 +69,10 @@ def _domain_set(tree: dict[str, Any], source: str) -> DomainSet:
 
 
 def _for_run(tree: dict[str, Any], spec: DomainSet, target: int, seed: int, run_dir: Path,
-             source: str) -> RunConfig:
+             source: str, split_seed: int | None = None) -> RunConfig:
     tree = json.loads(json.dumps(tree))
     set_dotted(tree, ["data", "options", "test_domains"], [spec.domains[target]])
-    set_dotted(tree, ["data", "split_seed"], seed)
+    set_dotted(tree, ["data", "split_seed"], seed if split_seed is None else split_seed)
     set_dotted(tree, ["train", "seed"], seed)
     tree["out_dir"], tree["name"] = str(run_dir.parent), run_dir.name
     return validate(tree, f"{source} (target {spec.domains[target]}, seed {seed})")
@@ -96,7 +100,7 @@ def _teacher_path(tree: dict[str, Any], spec: DomainSet, target: int, seed: int,
 
 def plan(configs: Sequence[str | Path], overrides: Sequence[str] = (), *, teacher: str | Path | None = None,
          seeds: Sequence[int] = (0,), targets: Sequence[int | str] | None = None,
-         out_dir: str | Path = "runs/dg") -> tuple[DomainSet, list[RunSpec]]:
+         out_dir: str | Path = "runs/dg", split_seed: int | None = None) -> tuple[DomainSet, list[RunSpec]]:
     """Every run of the protocol, teachers first, in the order they will run."""
     if not configs:
         raise ConfigError("kdlab dg: give at least one student CONFIG")
@@ -117,19 +121,22 @@ def plan(configs: Sequence[str | Path], overrides: Sequence[str] = (), *, teache
             _check_same_data(tree, teacher_tree, source)
     runs: list[RunSpec] = []
     for target in chosen:
+        domain = spec.domains[target]
         for seed in seeds:
-            domain = spec.domains[target]
-            teacher_dir = out / "teacher" / domain / f"seed{seed}"
-            if teacher_tree is not None:
-                runs.append(RunSpec("teacher", target, seed, teacher_dir,
-                                    _for_run(teacher_tree, spec, target, seed, teacher_dir, str(teacher))))
+            teacher_seed = seed if split_seed is None else split_seed
+            teacher_dir = out / "teacher" / domain / \
+                (f"seed{seed}" if split_seed is None else f"split{split_seed}")
+            if teacher_tree is not None and (split_seed is None or seed == seeds[0]):
+                config = _for_run(teacher_tree, spec, target, teacher_seed, teacher_dir, str(teacher),
+                                  split_seed)
+                runs.append(RunSpec("teacher", target, teacher_seed, teacher_dir, config))
             for label, tree, source in students:
                 run_dir = out / label / domain / f"seed{seed}"
                 if tree.get("teacher"):
                     path = str(teacher_dir) if teacher_tree is not None else \
-                        _teacher_path(tree, spec, target, seed, source)
+                        _teacher_path(tree, spec, target, teacher_seed, source)
                     tree = {**tree, "teacher": {**tree["teacher"], "checkpoint": path}}
-                config = _for_run(tree, spec, target, seed, run_dir, source)
+                config = _for_run(tree, spec, target, seed, run_dir, source, split_seed)
                 runs.append(RunSpec(label, target, seed, run_dir, config))
     return spec, runs
 
@@ -210,17 +217,20 @@ def collect(runs: Sequence[RunSpec], spec: DomainSet, out_dir: str | Path
     lines = [line for run in runs if (line := result_line(run, spec)) is not None]
     (out / "results.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     targets = list(dict.fromkeys(run.target for run in runs))
-    seeds = sorted({run.seed for run in runs})
+    seeds = sorted({run.seed for run in runs if run.label != "teacher"})
+    splits = sorted({run.config.data.split_seed for run in runs})
     text = (f"{spec.title}, leave-one-domain-out, training-domain validation; test accuracy (%) on the "
-            f"target domain, mean ± standard error over seeds {seeds}\n\n{table(lines, spec, targets)}\n")
+            f"target domain, mean ± standard error over seeds {seeds} (in/out split seeds {splits})\n\n"
+            f"{table(lines, spec, targets)}\n")
     (out / "results.md").write_text(text)
     return lines, text
 
 
 def run_dg(configs: Sequence[str | Path], overrides: Sequence[str] = (), *, teacher: str | Path | None = None,
            seeds: Sequence[int] = (0,), targets: Sequence[int | str] | None = None,
-           out_dir: str | Path = "runs/dg", quiet: bool = False) -> str:
+           out_dir: str | Path = "runs/dg", split_seed: int | None = None, quiet: bool = False) -> str:
     """Plan, train what is missing, and aggregate; returns the markdown table."""
-    spec, runs = plan(configs, overrides, teacher=teacher, seeds=seeds, targets=targets, out_dir=out_dir)
+    spec, runs = plan(configs, overrides, teacher=teacher, seeds=seeds, targets=targets, out_dir=out_dir,
+                      split_seed=split_seed)
     execute(runs, quiet=quiet)
     return collect(runs, spec, out_dir)[1]

@@ -15,8 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kdlab.config.load import read_yaml, set_dotted
-from kdlab.methods import METHODS
+from kdlab.config.load import ConfigError, read_yaml, set_dotted
 from kdlab.protocols.study_schema import ConditionsConfig, MethodEntry, PairConfig, StudyConfig
 
 
@@ -69,6 +68,11 @@ class Job:
 def slug(text: str) -> str:
     """A file-name-safe form of ``text``."""
     return re.sub(r"[^A-Za-z0-9.+=-]+", "_", text).strip("_")
+
+
+def pair_slug(name: str) -> str:
+    """``teacher->student`` as ``teacher-to-student``, file-name safe."""
+    return slug(name.replace("->", "-to-"))
 
 
 def expand_conditions(config: ConditionsConfig) -> list[Condition]:
@@ -129,6 +133,7 @@ def _run_tree(base: dict[str, Any], overrides: dict[str, Any], condition: Condit
         else:
             data[key] = {k: v for k, v in section.items() if v is not None}
     tree.setdefault("train", {})["seed"] = seed
+    tree["train"].setdefault("per_class", "on")
     tree["name"] = name
     tree["out_dir"] = str(runs_dir)
     return tree
@@ -140,6 +145,8 @@ def _method_section(entry: MethodEntry) -> dict[str, Any]:
 
 def expand(study: StudyConfig, folder: Path, study_dir: Path) -> list[Job]:
     """Every job of the study, in start order (see the module docstring)."""
+    from kdlab.methods import METHODS  # imported here: the report reads jobs without needing torch
+
     base = base_tree(study, folder)
     runs_dir = study_dir / "runs"
     conditions = expand_conditions(study.conditions)
@@ -151,8 +158,10 @@ def expand(study: StudyConfig, folder: Path, study_dir: Path) -> list[Job]:
         for condition in conditions:
             for pair in study.pairs:
                 for entry in study.methods:
+                    if entry.pairs is not None and pair.name not in entry.pairs:
+                        continue
                     job = _student_job(study, base, runs_dir, condition, pair, entry, seed)
-                    if METHODS.get(entry.name).needs_teacher:
+                    if _method(METHODS, entry.name).needs_teacher:
                         teacher = _teacher_job(study, base, runs_dir, condition, pair, seed)
                         if teacher.id not in teachers:
                             teachers[teacher.id] = teacher
@@ -166,9 +175,16 @@ def expand(study: StudyConfig, folder: Path, study_dir: Path) -> list[Job]:
     return jobs
 
 
+def _method(methods: Any, name: str) -> Any:
+    try:
+        return methods.get(name)
+    except KeyError as exc:
+        raise ConfigError(f"methods: {exc}") from None
+
+
 def _student_job(study: StudyConfig, base: dict[str, Any], runs_dir: Path, condition: Condition,
                  pair: PairConfig, entry: MethodEntry, seed: int) -> Job:
-    job_id = f"student_{condition.name}_{slug(pair.name)}_{slug(entry.title)}_s{seed}"
+    job_id = f"student_{condition.name}_{pair_slug(pair.name)}_{slug(entry.title)}_s{seed}"
     tree = _run_tree(base, entry.overrides, condition, pair.student, _method_section(entry), seed, job_id,
                      runs_dir)
     return Job(job_id, "student", condition, pair.name, pair.student, entry.title, entry.name, seed, tree,

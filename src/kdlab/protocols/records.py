@@ -13,9 +13,10 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from kdlab.protocols.grid import Job
+if TYPE_CHECKING:
+    from kdlab.protocols.grid import Job
 
 RESULTS = "results.jsonl"
 

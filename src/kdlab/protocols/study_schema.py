@@ -50,6 +50,7 @@ class MethodEntry(Section):
     weights: dict[str, float] = Field(default_factory=dict)
     params: dict[str, Any] = Field(default_factory=dict)
     overrides: dict[str, Any] = Field(default_factory=dict, description="dotted keys for this method's runs")
+    pairs: list[str] | None = Field(None, description="only these pairs (by name), e.g. FSP: equal widths")
 
     @property
     def title(self) -> str:
@@ -125,6 +126,8 @@ class StudyConfig(Section):
     teacher: TeacherPolicy = Field(default_factory=TeacherPolicy)
     workers: int = Field(1, ge=1)
     threads_per_worker: int | None = Field(None, ge=1, description="default: CPU cores / workers")
+    devices: list[str] | None = Field(
+        None, description="CUDA_VISIBLE_DEVICES values handed out to workers (each run to the least busy)")
     out_dir: str = Field("runs/studies", description="the study directory is OUT_DIR/NAME")
     report: ReportConfig = Field(default_factory=ReportConfig)
 
@@ -137,6 +140,12 @@ class StudyConfig(Section):
                 raise ValueError(f"{what} must be unique (give methods a 'label'): {names}")
         if self.baseline is not None and self.baseline not in {m.title for m in self.methods}:
             raise ValueError(f"baseline {self.baseline!r} is not among the methods' labels")
+        pairs = {p.name for p in self.pairs}
+        for method in self.methods:
+            unknown = set(method.pairs or ()) - pairs
+            if unknown:
+                raise ValueError(f"method {method.title!r}: unknown pair {sorted(unknown)[0]!r}; "
+                                 f"pairs: {', '.join(sorted(pairs))}")
         return self
 
 

@@ -1,0 +1,110 @@
+"""``kdlab report DIR``: a study's ``results.jsonl`` as markdown tables and PNG plots.
+
+Tables show mean ± sample std over seeds and, for every method but the baseline, the difference of
+the means against the baseline student (``baseline`` in the study file, ``ce`` by default) of the same
+pair and condition; the best mean of a column is bold. Plots: top-1 against the noise rate and against
+the imbalance ratio per method (with the teachers dashed), per-class top-1 bars, training curves
+(validation top-1 and training loss per epoch) and the realized noise transition matrices.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kdlab.protocols.grid import pair_slug, slug
+from kdlab.report import plots
+from kdlab.report.results import load_results, ordered, results_path, select
+from kdlab.report.tables import (
+    accuracy_table,
+    conditions,
+    cost_table,
+    group_table,
+    imbalance_table,
+    noise_table,
+)
+
+__all__ = ["write_report"]
+
+
+def _study_settings(root: Path) -> dict[str, Any]:
+    path = root / "study.yaml"
+    if not path.is_file():
+        return {}
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def _image(lines: list[str], path: Path | None, out: Path, caption: str) -> None:
+    if path is not None:
+        lines += [f"![{caption}]({path.relative_to(out).as_posix()})", ""]
+
+
+def write_report(location: str | Path, out: str | Path | None = None, split: str | None = None) -> Path:
+    """Write ``report.md`` and its PNGs to ``out`` (default ``DIR/report``); returns the markdown path."""
+    source = results_path(location)
+    root = source.parent
+    records = load_results(source)
+    if not any(r.get("role") == "student" for r in records):
+        raise ValueError(f"{source}: no finished student runs to report")
+    settings = _study_settings(root)
+    baseline = settings.get("baseline", "ce")
+    split = split or settings.get("report", {}).get("split", "test_last")
+    out = Path(out) if out is not None else root / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    students = [r for r in records if r["role"] == "student"]
+    seeds = ordered(r["seed"] for r in students)
+    lines = [
+        f"# Study report: {settings.get('name', root.name)}",
+        "",
+        f"From `{source}`: {len(students)} student runs and {len(records) - len(students)} teacher runs, "
+        f"seeds {', '.join(map(str, seeds))}. Cells: {plots.SPLIT_LABEL[split]}, mean ± sample std over "
+        f"seeds; in brackets the difference to the `{baseline}` student of the same pair and condition; "
+        "bold: the best mean of the column. Test sets are clean and balanced.",
+        "",
+    ]
+    for pair in ordered(r["pair"] for r in students):
+        lines += _pair_section(records, pair, split, baseline, root, out)
+    for title, table in (("Label noise actually applied", noise_table(records)),
+                         ("Class imbalance actually applied", imbalance_table(records)),
+                         ("Runs and cost", cost_table(records))):
+        if table:
+            lines += [f"## {title}", "", table, ""]
+    for name in conditions(students):
+        record = next(r for r in records if r["condition"] == name)
+        if record["noise_rate"] > 0:
+            _image(lines, plots.transition_matrix(root, record, out / f"transition_{slug(name)}.png"), out,
+                   f"transition matrix, {name}")
+    path = out / "report.md"
+    path.write_text("\n".join(lines).rstrip() + "\n")
+    return path
+
+
+def _pair_section(records: list[dict[str, Any]], pair: str, split: str, baseline: str | None, root: Path,
+                  out: Path) -> list[str]:
+    students = select(records, role="student", pair=pair)
+    tag = pair_slug(pair)
+    lines = [f"## {pair}", "", accuracy_table(records, pair, split, baseline), ""]
+    for noise_type in ordered(r["noise_type"] for r in students if r["noise_type"]):
+        _image(lines, plots.accuracy_vs_noise(records, pair, noise_type, split, baseline,
+                                              out / f"noise_{tag}_{noise_type}.png"), out,
+               f"accuracy vs {noise_type} noise")
+    for profile in ordered(r["imbalance_profile"] for r in students if r["imbalance_profile"]):
+        _image(lines, plots.accuracy_vs_imbalance(records, pair, profile, split, baseline,
+                                                  out / f"imbalance_{tag}_{profile}.png"), out,
+               f"accuracy vs {profile} imbalance")
+    for condition in conditions(students):
+        runs = select(students, condition=condition)
+        if any(r["imbalance_ratio"] > 1 for r in runs):
+            lines += [f"### {condition}: many / medium / few-shot top-1", "",
+                      group_table(records, pair, condition, split, baseline), ""]
+    for condition in conditions(students):
+        _image(lines, plots.per_class(records, pair, condition, split, baseline,
+                                      out / f"per_class_{tag}_{slug(condition)}.png"), out,
+               f"per-class accuracy, {condition}")
+    for condition in conditions(students):
+        _image(lines, plots.training_curves(records, root, pair, condition, baseline,
+                                            out / f"curves_{tag}_{slug(condition)}.png"), out,
+               f"training curves, {condition}")
+    return lines

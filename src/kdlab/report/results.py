@@ -1,0 +1,67 @@
+"""Reading a study's ``results.jsonl`` and aggregating it over seeds."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kdlab.protocols.records import RESULTS, read_results
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Mean and sample standard deviation (ddof 1; 0 for one value) of ``n`` values."""
+
+    mean: float
+    std: float
+    n: int
+
+    @classmethod
+    def of(cls, values: Iterable[float | None]) -> Stat | None:
+        kept = [v for v in values if v is not None and math.isfinite(v)]
+        if not kept:
+            return None
+        return cls(statistics.fmean(kept), statistics.stdev(kept) if len(kept) > 1 else 0.0, len(kept))
+
+
+def results_path(location: str | Path) -> Path:
+    """``location`` itself when it is a file, else ``location/results.jsonl``."""
+    path = Path(location)
+    path = path if path.is_file() else path / RESULTS
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no results file (run kdlab study first, or pass a results.jsonl)")
+    return path
+
+
+def load_results(location: str | Path) -> list[dict[str, Any]]:
+    """The records of a results file, keeping the last line of each run id."""
+    records = {r["id"]: r for r in read_results(results_path(location)) if "id" in r}
+    return list(records.values())
+
+
+def metric(record: dict[str, Any], split: str, key: str = "top1") -> float | None:
+    value = (record.get(split) or {}).get(key)
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def ordered(values: Iterable[Any]) -> list[Any]:
+    """Distinct values in first-seen order."""
+    return list(dict.fromkeys(values))
+
+
+def select(records: Sequence[dict[str, Any]], **match: Any) -> list[dict[str, Any]]:
+    return [r for r in records if all(r.get(k) == v for k, v in match.items())]
+
+
+def per_class_mean(records: Sequence[dict[str, Any]], split: str) -> list[float] | None:
+    """The mean over records (seeds) of each class's top-1; None when no record has per-class values."""
+    rows = [(r.get(split) or {}).get("per_class_top1") for r in records]
+    rows = [row for row in rows if row]
+    if not rows:
+        return None
+    return [statistics.fmean(v for v in column if v is not None) if any(v is not None for v in column)
+            else math.nan for column in zip(*rows, strict=True)]

@@ -1,0 +1,91 @@
+import json
+
+import pytest
+import yaml
+
+from kdlab.cli.main import main
+from kdlab.config.load import ConfigError
+from kdlab.protocols.dg import plan
+from tests.test_data import write_mnist
+
+
+@pytest.fixture
+def dg_files(tmp_path):
+    write_mnist(tmp_path / "data" / "MNIST" / "raw", gz=False, n_train=60, n_test=12)
+    recipe = {
+        "data": {"name": "colored_mnist", "root": str(tmp_path / "data"), "batch_size": 4,
+                 "val_fraction": 0.25},
+        "optim": {"name": "adam", "lr": 1e-3, "weight_decay": 0.0},
+        "schedule": {"name": "constant"},
+        "train": {"steps": 3, "eval_every": 2, "precision": "fp32", "progress": False},
+    }
+    teacher = {**recipe, "student": {"name": "cnn_tiny"}, "method": {"name": "ce"}}
+    student = {**recipe, "student": {"name": "cnn_tiny"}, "teacher": {"name": "cnn_tiny"},
+               "method": {"name": "kd", "weights": {"ce": 0.0, "kd": 1.0}},
+               "averaging": {"strategy": "wakd", "params": {"start_fraction": 0.3}}}
+    paths = {}
+    for name, tree in {"teacher": teacher, "kd_wakd": student}.items():
+        paths[name] = tmp_path / f"{name}.yaml"
+        paths[name].write_text(yaml.safe_dump(tree))
+    return tmp_path, paths
+
+
+def test_dg_runs_every_target_with_a_teacher_per_target_and_aggregates(dg_files, capsys):
+    tmp_path, paths = dg_files
+    out = tmp_path / "dg"
+    argv = ["dg", str(paths["kd_wakd"]), "--teacher", str(paths["teacher"]), "--out-dir", str(out), "--quiet"]
+    assert main(argv) == 0
+    lines = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    assert [(x["config"], x["target_name"]) for x in lines] == [
+        ("teacher", "+90%"), ("kd_wakd", "+90%"), ("teacher", "+80%"), ("kd_wakd", "+80%"),
+        ("teacher", "-90%"), ("kd_wakd", "-90%")]
+    for line in lines:
+        run_dir = out / line["config"] / line["target_name"] / "seed0"
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert line["test_acc"] == summary[line["reported"]]["top1"]
+        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+        assert config["data"]["options"]["test_domains"] == [line["target_name"]]
+        if line["config"] == "kd_wakd":
+            assert line["reported"] == "test_last" and line["averaging"] == "wakd"
+            assert config["teacher"]["checkpoint"] == str(out / "teacher" / line["target_name"] / "seed0")
+        else:
+            assert line["reported"] == "test_selected"
+    table = (out / "results.md").read_text()
+    assert "| Config | +90% | +80% | -90% | Avg |" in table and "| kd_wakd |" in table
+    assert "| kd_wakd |" in capsys.readouterr().out
+
+    stamp = (out / "kd_wakd" / "+80%" / "seed0" / "summary.json").stat().st_mtime_ns
+    assert main(argv) == 0  # finished runs are reused
+    assert (out / "kd_wakd" / "+80%" / "seed0" / "summary.json").stat().st_mtime_ns == stamp
+
+
+def test_dg_refuses_a_teacher_that_saw_the_target_and_non_domain_data(dg_files, tmp_path):
+    _, paths = dg_files
+    with pytest.raises(ConfigError, match=r"teacher.checkpoint must name a teacher per target.*\{target\}"):
+        plan([paths["kd_wakd"]], ["teacher.checkpoint=some/run"])
+    _, runs = plan([paths["kd_wakd"]], ["teacher.checkpoint=t/{target}/s{seed}"], seeds=[3], targets=["-90%"])
+    assert [r.config.teacher.checkpoint for r in runs] == ["t/-90%/s3"]
+    assert runs[0].config.data.split_seed == 3 and runs[0].config.train.seed == 3
+    with pytest.raises(ConfigError, match="not a domain dataset"):
+        plan([paths["teacher"]], ["data.name=digits"])
+    with pytest.raises(ConfigError, match="data.options.domain_size = None differs from the teacher"):
+        plan([paths["kd_wakd"]], teacher=_with(paths["teacher"], tmp_path, domain_size=10))
+    with pytest.raises(ConfigError, match="--targets"):
+        plan([paths["teacher"]], targets=["blue"])
+
+
+def _with(path, tmp_path, **options):
+    tree = yaml.safe_load(path.read_text())
+    tree["data"]["options"] = options
+    out = tmp_path / "other_teacher.yaml"
+    out.write_text(yaml.safe_dump(tree))
+    return out
+
+
+def test_a_fixed_split_shares_one_teacher_per_target_across_seeds(dg_files):
+    _, paths = dg_files
+    _, runs = plan([paths["kd_wakd"]], teacher=paths["teacher"], seeds=[0, 1, 2], split_seed=7, targets=[0])
+    assert [r.label for r in runs] == ["teacher", "kd_wakd", "kd_wakd", "kd_wakd"]
+    assert {r.config.data.split_seed for r in runs} == {7}
+    assert [r.config.train.seed for r in runs] == [7, 0, 1, 2]
+    assert {r.config.teacher.checkpoint for r in runs[1:]} == {str(runs[0].run_dir)}
