@@ -16,8 +16,8 @@ Every phase runs in its own subprocess (torchdistill's in ``.venv-torchdistill``
 decoded slice handed to torchdistill, checkpoints, logs) go to ``--work-dir`` (``/tmp`` by default),
 never into the repository.
 
-Usage: python benchmarks/accuracy_check.py [--teacher resnet56 --student resnet20 --teacher-epochs 6
-       --epochs 6] [--out PATH]
+Usage: python benchmarks/accuracy_check.py [--teacher resnet20 --student resnet8 --teacher-epochs 6
+       --epochs 6 --threads 0] [--out PATH]
 """
 
 from __future__ import annotations
@@ -182,7 +182,8 @@ def main_parent(args: argparse.Namespace) -> None:
               "--train-size", str(args.train_size), "--teacher", args.teacher, "--student", args.student,
               "--epochs", str(args.epochs), "--teacher-epochs", str(args.teacher_epochs),
               "--milestones", ",".join(map(str, args.milestones)),
-              "--teacher-milestones", ",".join(map(str, args.teacher_milestones))]
+              "--teacher-milestones", ",".join(map(str, args.teacher_milestones)),
+              "--threads", str(args.threads)]
     me = [benchlib.this_python(), str(Path(__file__).resolve())]
     phases = {}
     for phase in ("teacher", "kdlab", "torchdistill"):
@@ -193,7 +194,7 @@ def main_parent(args: argparse.Namespace) -> None:
                     "--teacher", args.teacher, "--student", args.student, "--seed", str(args.seed),
                     "--teacher-ckpt", str(work / "teacher.pt"),
                     "--student-init", str(work / "student_init.pt"),
-                    "--save-student", str(work / "student_torchdistill.pt")]
+                    "--save-student", str(work / "student_torchdistill.pt"), "--threads", str(args.threads)]
         else:
             argv = [*me, "--phase", phase, *common]
         idle = benchlib.wait_for_idle(args.idle_wait, args.idle_threshold)
@@ -268,13 +269,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--root", type=Path, default=CIFAR_TAR, help="the CIFAR-10 JPEG tar")
     parser.add_argument("--train-size", type=int, default=10000)
     parser.add_argument("--test-size", type=int, default=None, help="stratified test slice (default: all)")
-    parser.add_argument("--teacher", default="resnet56")
-    parser.add_argument("--student", default="resnet20")
+    parser.add_argument("--teacher", default="resnet20")
+    parser.add_argument("--student", default="resnet8")
     parser.add_argument("--teacher-epochs", type=int, default=6)
     parser.add_argument("--teacher-milestones", type=int_list, default=[4])
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--milestones", type=int_list, default=[4])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch intra-op threads in every phase (0: torch's default, one per core)")
     parser.add_argument("--td-python", default=None, help=f"default: {benchlib.TD_PYTHON}")
     parser.add_argument("--td-workers", type=int, default=2, help="torchdistill DataLoader num_workers")
     parser.add_argument("--idle-wait", type=float, default=120,
@@ -289,6 +292,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.threads > 0:
+        import torch
+
+        torch.set_num_threads(args.threads)
     if args.phase is not None:
         benchlib.emit(phase_kdlab(args))
     else:

@@ -1,7 +1,8 @@
 """CPU-sized check of ensemble distillation on MNIST: KD from the ensemble vs BatchEnsemble + averaging
 vs + diversifying perturbation (Nam et al., ICML 2022), several seeds, one table.
 
-1. Train ``--teachers`` small CNN teachers (cross-entropy, seeds 100, 101, ...).
+1. Train ``--teachers`` small CNN teachers (cross-entropy, seeds 100, 101, ...). By default teachers and
+   student share one architecture (``cnn_tiny``), as in the paper's WRN-28-4 -> WRN-28-4 setting.
 2. Evaluate their ensemble (mean probability) on the test split.
 3. For every seed, distill the ensemble into a small student three ways: ``ensemble_kd`` (KD from the
    ensemble), ``batchensemble_kd`` (BatchEnsemble student, factors averaged into one network) and
@@ -14,8 +15,9 @@ Every run is an ordinary kdlab run directory under ``--out-dir``. The recipe is 
 one (batch 128, SGD 0.05 momentum 0.9, wd 5e-4, cosine) with the paper's KD settings (T = 4, kd weight
 1, no label term), on a stratified ``--subset`` of the training split.
 
-Usage: python benchmarks/ensemble_check.py [--root ../shared/data --teachers 4 --seeds 0 1 2
-       --teacher-epochs 3 --epochs 4 --subset 10000 --precision bf16] [--out-dir /tmp/ensemble_check]
+Usage: python benchmarks/ensemble_check.py [--root ../shared/data --teacher cnn_tiny --student cnn_tiny
+       --teachers 4 --seeds 0 1 2 --teacher-epochs 6 --epochs 5 --subset 10000 --precision bf16
+       --threads 1] [--out-dir /tmp/ensemble_check]
 """
 
 from __future__ import annotations
@@ -78,15 +80,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", default=str(benchlib.REPO.parent / "shared" / "data"))
     parser.add_argument("--out-dir", type=Path, default=Path("/tmp/ensemble_check"))
-    parser.add_argument("--teacher", default="cnn_small")
+    parser.add_argument("--teacher", default="cnn_tiny")
     parser.add_argument("--student", default="cnn_tiny")
     parser.add_argument("--teachers", type=int, default=4)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--teacher-epochs", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--teacher-epochs", type=int, default=6)
+    parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--subset", type=int, default=10000)
     parser.add_argument("--precision", default="bf16")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     args.out_dir.mkdir(parents=True, exist_ok=True)

@@ -211,6 +211,7 @@ def main() -> None:
     parser.add_argument("--config", default=str(CONFIG))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2, help="DataLoader num_workers")
+    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: default)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--data", help="accuracy: .pt with train_images/train_targets/num_classes")
@@ -222,6 +223,8 @@ def main() -> None:
     parser.add_argument("--student-init", help="accuracy: initial student weights (state_dict .pt)")
     parser.add_argument("--save-student")
     args = parser.parse_args()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     from torchdistill.misc.log import set_basic_log_config
 
     set_basic_log_config()

@@ -158,7 +158,8 @@ def variant_key(impl: str, precision: str, channels_last: bool) -> str:
 
 def worker_argv(args: argparse.Namespace, impl: str, precision: str, channels_last: bool,
                 td_python: Path | None) -> list[str]:
-    common = ["--warmup", str(args.warmup), "--steps", str(args.steps), "--seed", str(args.seed)]
+    common = ["--warmup", str(args.warmup), "--steps", str(args.steps), "--seed", str(args.seed),
+              "--threads", str(args.threads)]
     if impl == "torchdistill":
         return [str(td_python), str(benchlib.HERE / "td_worker.py"), "throughput", *common,
                 "--workers", str(args.td_workers)]
@@ -178,14 +179,24 @@ def schedule(args: argparse.Namespace, td: bool) -> list[list[tuple[str, str, bo
     return [base if r % 2 == 0 else base[::-1] for r in range(args.repeats)]
 
 
-def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+def summarize(runs: dict[str, list[dict[str, Any]]], cores: int) -> dict[str, dict[str, Any]]:
+    """Medians over repeats of wall-clock img/s and of images per CPU-second of the training process.
+
+    Images per CPU-second (img/s divided by the run's CPU share of the machine's ``cores``) is what a
+    run would reach with its CPU time undisturbed; it stays meaningful when other jobs load the machine,
+    wall-clock img/s does not. (For torchdistill it leaves out the DataLoader workers' CPU time.)
+    """
     out = {}
     for key, results in runs.items():
         rates = [r["img_per_s"] for r in results]
+        per_cpu = [r["img_per_s"] / max(r["cpu_share"] * cores, 1e-9) for r in results]
         out[key] = {
             "img_per_s_median": round(benchlib.median(rates), 2),
             "img_per_s_all": [round(v, 2) for v in rates],
+            "img_per_cpu_s_median": round(benchlib.median(per_cpu), 2),
+            "img_per_cpu_s_all": [round(v, 2) for v in per_cpu],
             "cpu_share_min": min(r["cpu_share"] for r in results),
+            "cpu_share_median": round(benchlib.median([r["cpu_share"] for r in results]), 3),
             "peak_rss_mib_median": round(benchlib.median([r["peak_rss_mib"] for r in results]), 1),
             "peak_rss_delta_mib_median": round(
                 benchlib.median([r["peak_rss_mib"] - r["baseline_rss_mib"] for r in results]), 1),
@@ -195,58 +206,62 @@ def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]
     return out
 
 
-def report(args: argparse.Namespace, stats: dict[str, dict[str, Any]],
-           runs: dict[str, list[dict[str, Any]]]) -> tuple[str, dict[str, Any]]:
-    lines, ratios = [], {}
-    rows = []
-    for precision, cl in [(p, c) for p in args.precisions for c in args.channels_last_modes]:
-        a, b = variant_key("kdlab", precision, cl), variant_key("bare", precision, cl)
-        if a not in stats or b not in stats:
-            continue
-        paired = [x["img_per_s"] / y["img_per_s"] for x, y in zip(runs[a], runs[b], strict=True)]
-        ratio = stats[a]["img_per_s_median"] / stats[b]["img_per_s_median"]
-        ratios[f"kdlab/bare {precision} {'cl' if cl else 'nchw'}"] = {
-            "ratio_of_medians": round(ratio, 3), "paired_ratios": [round(r, 3) for r in paired]}
-        rows.append([
-            precision, "on" if cl else "off",
-            f"{stats[a]['img_per_s_median']:.1f} ({benchlib.spread(stats[a]['img_per_s_all'])})",
-            f"{stats[b]['img_per_s_median']:.1f} ({benchlib.spread(stats[b]['img_per_s_all'])})",
-            f"{ratio:.3f}", f"{min(paired):.2f}..{max(paired):.2f}",
-            "yes" if ratio >= 0.95 else "NO",
-            f"{min(stats[a]['cpu_share_min'], stats[b]['cpu_share_min']):.2f}",
-            f"{stats[a]['peak_rss_mib_median']:.0f} (+{stats[a]['peak_rss_delta_mib_median']:.0f})",
-            f"{stats[b]['peak_rss_mib_median']:.0f} (+{stats[b]['peak_rss_delta_mib_median']:.0f})",
-        ])
+def _cell(stats: dict[str, Any], metric: str) -> str:
+    values = stats[f"{metric}_all"]
+    return f"{stats[f'{metric}_median']:.1f} ({benchlib.spread(values)})"
+
+
+def report(settings: dict[str, Any], stats: dict[str, dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+    lines, ratios, rows = [], {}, []
+    for precision in settings["precisions"]:
+        for cl in settings["channels_last_modes"]:
+            a, b = variant_key("kdlab", precision, cl), variant_key("bare", precision, cl)
+            if a not in stats or b not in stats:
+                continue
+            wall = stats[a]["img_per_s_median"] / stats[b]["img_per_s_median"]
+            cpu = stats[a]["img_per_cpu_s_median"] / stats[b]["img_per_cpu_s_median"]
+            ratios[f"kdlab/bare {precision} {'cl' if cl else 'nchw'}"] = {
+                "wall": round(wall, 3), "per_cpu_second": round(cpu, 3)}
+            rows.append([
+                precision, "on" if cl else "off", _cell(stats[a], "img_per_s"), _cell(stats[b], "img_per_s"),
+                f"{wall:.3f}", _cell(stats[a], "img_per_cpu_s"), _cell(stats[b], "img_per_cpu_s"),
+                f"{cpu:.3f}",
+                f"{min(stats[a]['cpu_share_min'], stats[b]['cpu_share_min']):.2f}",
+                f"{stats[a]['peak_rss_mib_median']:.0f} (+{stats[a]['peak_rss_delta_mib_median']:.0f})",
+                f"{stats[b]['peak_rss_mib_median']:.0f} (+{stats[b]['peak_rss_delta_mib_median']:.0f})",
+            ])
     lines.append("### (a) kdlab Trainer vs (b) bare PyTorch loop, equal settings\n")
     lines.append(benchlib.markdown_table(
-        ["precision", "channels_last", "kdlab img/s (min..max)", "bare img/s (min..max)", "ratio a/b",
-         "paired a/b", ">= 0.95", "min CPU share", "kdlab peak RSS MiB (+over imports)",
-         "bare peak RSS MiB (+over imports)"],
-        rows))
+        ["precision", "channels_last", "kdlab img/s", "bare img/s", "a/b (wall)", "kdlab img/CPU-s",
+         "bare img/CPU-s", "a/b (CPU)", "min CPU share", "kdlab peak RSS MiB (+over imports)",
+         "bare peak RSS MiB (+over imports)"], rows))
 
     td = variant_key("torchdistill", "fp32", False)
     if td in stats:
         t = stats[td]
-        rows = [["torchdistill 1.1.5 defaults (fp32, NCHW, DataLoader "
-                 f"num_workers={args.td_workers})", f"{t['img_per_s_median']:.1f} "
-                 f"({benchlib.spread(t['img_per_s_all'])})", "1.00", f"{t['cpu_share_min']:.2f}",
+        rows = [[f"torchdistill 1.1.5 defaults (fp32, NCHW, DataLoader num_workers={settings['td_workers']})",
+                 _cell(t, "img_per_s"), "1.00", _cell(t, "img_per_cpu_s"), "1.00",
+                 f"{t['cpu_share_min']:.2f}",
                  f"{t['peak_rss_mib_median']:.0f} (+{t['peak_rss_delta_mib_median']:.0f})"]]
-        for label, precision in (("kdlab defaults (bf16 autocast, NCHW, device-resident)", "bf16"),
-                                 ("kdlab fp32 (NCHW, device-resident)", "fp32")):
-            key = variant_key("kdlab", precision, False)
+        for label, precision, cl in (
+                ("kdlab defaults (precision auto = bf16, NCHW, device-resident)", "bf16", False),
+                ("kdlab fp32 (NCHW, device-resident): equal settings", "fp32", False),
+                ("kdlab bf16 + channels_last (not a default)", "bf16", True)):
+            key = variant_key("kdlab", precision, cl)
             if key not in stats:
                 continue
-            ratio = stats[key]["img_per_s_median"] / t["img_per_s_median"]
-            ratios[f"kdlab {precision} nchw / torchdistill"] = round(ratio, 3)
-            rows.append([label, f"{stats[key]['img_per_s_median']:.1f} "
-                         f"({benchlib.spread(stats[key]['img_per_s_all'])})", f"{ratio:.2f}",
-                         f"{stats[key]['cpu_share_min']:.2f}",
-                         f"{stats[key]['peak_rss_mib_median']:.0f} "
-                         f"(+{stats[key]['peak_rss_delta_mib_median']:.0f})"])
+            s = stats[key]
+            wall = s["img_per_s_median"] / t["img_per_s_median"]
+            cpu = s["img_per_cpu_s_median"] / t["img_per_cpu_s_median"]
+            ratios[f"kdlab {precision} {'cl' if cl else 'nchw'} / torchdistill"] = {
+                "wall": round(wall, 3), "per_cpu_second": round(cpu, 3)}
+            rows.append([label, _cell(s, "img_per_s"), f"{wall:.2f}", _cell(s, "img_per_cpu_s"), f"{cpu:.2f}",
+                         f"{s['cpu_share_min']:.2f}",
+                         f"{s['peak_rss_mib_median']:.0f} (+{s['peak_rss_delta_mib_median']:.0f})"])
         lines.append("\n### (c) kdlab vs torchdistill\n")
         lines.append(benchlib.markdown_table(
-            ["run", "img/s (min..max)", "x torchdistill", "min CPU share", "peak RSS MiB (+over imports)"],
-            rows))
+            ["run", "img/s", "x torchdistill (wall)", "img/CPU-s", "x torchdistill (CPU)", "min CPU share",
+             "peak RSS MiB (+over imports)"], rows))
         if "worker_peak_rss_mib_max" in t:
             lines.append(f"\ntorchdistill DataLoader workers: largest worker peak RSS "
                          f"{t['worker_peak_rss_mib_max']:.0f} MiB (not included above).")
@@ -279,11 +294,20 @@ def main_parent(args: argparse.Namespace) -> None:
                   f"{result['img_per_s']:7.1f} img/s  peak RSS {result['peak_rss_mib']:.0f} MiB  "
                   f"CPU share {result['cpu_share']:.2f}  (waited {idle['waited_s']:.0f} s for idle, "
                   f"busy {idle['busy_before']:.2f})", flush=True)
-    stats = summarize(runs)
-    table, ratios = report(args, stats, runs)
+    settings = {
+        "teacher": TEACHER, "student": STUDENT, "num_classes": NUM_CLASSES, "batch_size": BATCH,
+        "temperature": TEMPERATURE, "weights": {"ce": W_CE, "kd": W_KD},
+        "optimizer": {"name": "sgd", "lr": LR, "momentum": MOMENTUM, "weight_decay": WEIGHT_DECAY},
+        "warmup": args.warmup, "steps": args.steps, "repeats": args.repeats, "td_workers": args.td_workers,
+        "threads": args.threads or machine["torch_threads"], "precisions": args.precisions,
+        "channels_last_modes": args.channels_last_modes,
+    }
+    stats = summarize(runs, machine["cores"])
+    table, ratios = report(settings, stats)
     machine["loadavg_at_end"] = os.getloadavg()
     header = (f"Machine: {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']} "
-              f"({machine['torch_threads']} threads), AMX-BF16 {machine['amx_bf16']}; "
+              f"({args.threads or machine['torch_threads']} threads per run), "
+              f"AMX-BF16 {machine['amx_bf16']}; "
               f"load average at start {machine['loadavg_at_start'][0]:.2f}, "
               f"at end {machine['loadavg_at_end'][0]:.2f}\n"
               f"{TEACHER} -> {STUDENT}, batch {BATCH}, synthetic 32x32 x {NUM_CLASSES} classes, "
@@ -296,13 +320,7 @@ def main_parent(args: argparse.Namespace) -> None:
         "benchmark": "kd_throughput",
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "machine": machine,
-        "settings": {
-            "teacher": TEACHER, "student": STUDENT, "num_classes": NUM_CLASSES, "batch_size": BATCH,
-            "temperature": TEMPERATURE, "weights": {"ce": W_CE, "kd": W_KD},
-            "optimizer": {"name": "sgd", "lr": LR, "momentum": MOMENTUM, "weight_decay": WEIGHT_DECAY},
-            "warmup": args.warmup, "steps": args.steps, "repeats": args.repeats,
-            "td_workers": args.td_workers,
-        },
+        "settings": settings,
         "summary": stats,
         "ratios": ratios,
         "runs": runs,
@@ -321,6 +339,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--precisions", default="fp32,bf16", help="comma-separated: fp32,bf16")
     parser.add_argument("--channels-last-modes", default="off,on", help="comma-separated: off,on")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch intra-op threads in every run (0: torch's default, one per core)")
     parser.add_argument("--skip-torchdistill", action="store_true")
     parser.add_argument("--td-python", default=None, help=f"default: {benchlib.TD_PYTHON}")
     parser.add_argument("--td-workers", type=int, default=2, help="torchdistill DataLoader num_workers")
@@ -330,6 +350,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="'quiet': other processes use less than this share of the machine's CPU")
     parser.add_argument("--out", default=str(benchlib.HERE / "results" / "throughput.json"))
     parser.add_argument("--log-dir", default="/tmp/kdlab-bench-throughput", help="per-run worker logs")
+    parser.add_argument("--report-only", metavar="JSON", help="re-render the tables of a finished run")
     # internal: one measurement in this process
     parser.add_argument("--worker", choices=["kdlab", "bare"], help=argparse.SUPPRESS)
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help=argparse.SUPPRESS)
@@ -341,8 +362,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def report_only(path: Path) -> None:
+    """Re-render the tables of a finished run's JSON (e.g. after changing the report), and rewrite it."""
+    payload = json.loads(path.read_text())
+    settings = payload["settings"]
+    settings.setdefault("precisions", sorted({k.split("/")[1] for k in payload["runs"] if "torch" not in k}))
+    settings.setdefault("channels_last_modes", [False, True])
+    settings.setdefault("td_workers", 2)
+    payload["summary"] = summarize(payload["runs"], payload["machine"]["cores"])
+    payload["table_markdown"], payload["ratios"] = report(settings, payload["summary"])
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    print(payload["table_markdown"])
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.report_only:
+        report_only(Path(args.report_only))
+        return
+    if args.worker is not None and args.threads > 0:
+        import torch
+
+        torch.set_num_threads(args.threads)
     if args.worker == "kdlab":
         benchlib.emit(worker_kdlab(args))
     elif args.worker == "bare":

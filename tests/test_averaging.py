@@ -186,16 +186,16 @@ def digits_trainer(digits_config, callbacks, steps):
 
 def test_swad_on_a_scripted_loss_sequence_averages_the_valley_and_stops_early(digits_config):
     losses = [5.0, 4.0, 3.0, 2.0, 2.1, 2.2, 2.3, 2.4, 2.5, 9.0, 9.0, 9.0, 9.0, 9.0, 9.0, 9.0, 9.0]
-    swad = ScriptedSWAD(losses, nu=2)
+    swad = ScriptedSWAD(losses, nu=1)
     recorder = Recorder()
-    trainer = digits_trainer(digits_config, [recorder, swad], steps=60)
+    trainer = digits_trainer(digits_config, [recorder, swad], steps=40)
     trainer.fit()
-    # segment k covers steps 2k+1..2k+2; valley = segments 3..8 -> steps 7..18; dead once segment 14 closes
-    assert trainer.step == 30
-    assert (swad.first_step, swad.last_step, swad.iterates) == (7, 18, 12)
+    # segment k is step k + 1; valley = segments 3..8 -> steps 4..9; dead once segment 14 closes (step 15)
+    assert trainer.step == 15
+    assert (swad.first_step, swad.last_step, swad.iterates) == (4, 9, 6)
     actual = [p.double() for p in trainer.eval_models()["averaged"].parameters()]
-    assert_close(actual, mean_of(recorder, range(7, 19)))
-    assert swad.describe()["stopped_early_at"] == 30
+    assert_close(actual, mean_of(recorder, range(4, 10)))
+    assert swad.describe()["stopped_early_at"] == 15
 
 
 def test_swad_without_convergence_returns_the_last_segment(digits_config):

@@ -52,7 +52,8 @@ def test_weights_on_hand_built_logits():
 
 def test_weight_statistics_rank_classes_by_teacher_mass():
     stats = WeightStats(num_classes=4, group_fraction=0.25, w_max=3.0)
-    probs = torch.tensor([[0.7, 0.1, 0.1, 0.1], [0.7, 0.1, 0.1, 0.1], [0.1, 0.1, 0.1, 0.7], [0.1, 0.8, 0.0, 0.1]])
+    probs = torch.tensor([[0.7, 0.1, 0.1, 0.1], [0.7, 0.1, 0.1, 0.1],
+                          [0.1, 0.1, 0.1, 0.7], [0.1, 0.8, 0.0, 0.1]])
     stats.update(torch.tensor([1.0, 2.0, 3.0, 4.0]), torch.tensor([0, 0, 2, 3]), probs)
     result = stats.compute()
     assert result == pytest.approx({"ipw_mean": 2.5, "ipw_max": 4.0, "ipw_clipped": 0.5,

@@ -123,3 +123,24 @@ def test_teacher_without_weights_is_refused(digits_config):
     config = validate(digits_config(method={"name": "kd"}, teacher={"name": "cnn_small"}))
     with pytest.raises(ValueError, match="teacher.checkpoint"):
         train(config)
+
+
+def test_nan_outputs_at_evaluation_are_one_clear_error():
+    from kdlab.engine.metrics import ClassificationMeter
+
+    meter = ClassificationMeter()
+    meter.update(torch.tensor([[float("nan"), 0.0], [1.0, 0.0]]), torch.tensor([0, 0]))
+    with pytest.raises(NonFiniteLossError, match="1 of 2 evaluation samples"):
+        meter.compute()
+
+
+def test_evaluation_restores_each_module_mode():
+    from kdlab.data import build_data
+    from kdlab.engine.metrics import evaluate_model
+    from kdlab.engine.precision import resolve_precision
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.BatchNorm1d(64), torch.nn.Linear(64, 10)).train()
+    model[1].eval()
+    data = build_data("digits", None, batch_size=32, device="cpu", seed=0)
+    evaluate_model(model, data.val, resolve_precision("fp32", torch.device("cpu")))
+    assert model.training and model[2].training and not model[1].training

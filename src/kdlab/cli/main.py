@@ -12,7 +12,7 @@ from pathlib import Path
 from kdlab.config.load import ConfigError, load_config
 from kdlab.data import DatasetNotFoundError
 from kdlab.engine.checkpoint import CheckpointError
-from kdlab.engine.trainer import NonFiniteLossError
+from kdlab.engine.errors import NonFiniteLossError
 from kdlab.registry import UnknownNameError
 
 USER_ERRORS = (ConfigError, CheckpointError, DatasetNotFoundError, NonFiniteLossError, UnknownNameError)

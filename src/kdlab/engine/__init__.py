@@ -1,6 +1,7 @@
 """Training engine: the Trainer, optimization, precision, checkpoints, metrics, callbacks, DDP."""
 
 from kdlab.engine.callbacks import Callback
-from kdlab.engine.trainer import NonFiniteLossError, Trainer
+from kdlab.engine.errors import NonFiniteLossError
+from kdlab.engine.trainer import Trainer
 
 __all__ = ["Callback", "NonFiniteLossError", "Trainer"]

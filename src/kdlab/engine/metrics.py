@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from kdlab.data.batch import BatchSource
 from kdlab.engine import distributed
+from kdlab.engine.errors import NonFiniteLossError
 from kdlab.engine.precision import Precision
 
 
@@ -58,13 +59,15 @@ class ClassificationMeter:
         self.bin_correct = torch.zeros_like(self.bin_count)
         self.agree = torch.zeros_like(self.count)
         self.kl = torch.zeros_like(self.count)
+        self.nonfinite = torch.zeros_like(self.count)
         self.referenced = False
 
     @torch.no_grad()
     def update(self, logits: Tensor, targets: Tensor, reference: Tensor | None = None) -> None:
         log_probs = F.log_softmax(logits.float(), dim=1)
+        self.nonfinite += (~torch.isfinite(log_probs)).any(dim=1).sum()
         confidence, predicted = log_probs.max(dim=1)
-        confidence = confidence.exp().double()
+        confidence = confidence.exp().double().nan_to_num(0.0)
         hit = (predicted == targets).double()
         self.count += targets.numel()
         self.correct += hit.sum()
@@ -83,13 +86,16 @@ class ClassificationMeter:
             self.class_stats[1].index_add_(0, targets, hit)
 
     def compute(self) -> dict[str, float]:
-        stats = torch.cat([self.count[None], self.correct[None], self.nll[None], self.agree[None],
-                           self.kl[None], self.bin_count, self.bin_conf, self.bin_correct])
+        totals = torch.stack([self.count, self.correct, self.nll, self.agree, self.kl, self.nonfinite])
+        stats = torch.cat([totals, self.bin_count, self.bin_conf, self.bin_correct])
         stats = distributed.all_reduce_sum(stats)
-        count, correct, nll, agree, kl = stats[:5]
-        bin_count, bin_conf, bin_correct = stats[5:].view(3, self.num_bins)
+        count, correct, nll, agree, kl, nonfinite = stats[:6]
+        bin_count, bin_conf, bin_correct = stats[6:].view(3, self.num_bins)
         if count == 0:
             raise ValueError("no samples were evaluated")
+        if nonfinite > 0:
+            raise NonFiniteLossError(f"the model gave NaN or infinite outputs for {int(nonfinite)} of "
+                                     f"{int(count)} evaluation samples: training diverged")
         ece = (bin_conf - bin_correct).abs().sum() / count
         result = {
             "top1": float(100.0 * correct / count),
@@ -134,7 +140,7 @@ def evaluate_model(model: nn.Module, data: BatchSource, precision: Precision,
     """Top-1, NLL and ECE of ``model`` over one pass of ``data``, reduced across DDP ranks; with a
     ``reference`` (inputs -> logits), also agreement with it and the KL from it; with a ``breakdown``,
     per-class (and per-group) top-1."""
-    was_training = model.training
+    modes = [(module, module.training) for module in model.modules()]
     model.eval()
     meter = ClassificationMeter(device=next(model.parameters()).device, breakdown=breakdown)
     data.set_epoch(0)
@@ -146,5 +152,6 @@ def evaluate_model(model: nn.Module, data: BatchSource, precision: Precision,
             logits = model(inputs)
             ref = reference(inputs) if reference is not None else None
         meter.update(logits, batch.targets, ref)
-    model.train(was_training)
+    for module, training in modes:
+        module.training = training
     return meter.compute()

@@ -25,6 +25,7 @@ from kdlab.config.schema import OptimConfig, ScheduleConfig, TrainConfig
 from kdlab.data.batch import Batch, BatchSource
 from kdlab.engine import checkpoint, distributed
 from kdlab.engine.callbacks import Callback
+from kdlab.engine.errors import NonFiniteLossError
 from kdlab.engine.freeze import StageFreezer, check_paths
 from kdlab.engine.logger import MetricsLogger
 from kdlab.engine.metrics import ClassBreakdown, better, evaluate_model
@@ -35,10 +36,6 @@ from kdlab.methods.base import Distiller, DistillOutput
 
 CHECKPOINT_FORMAT = 1
 log = logging.getLogger("kdlab")
-
-
-class NonFiniteLossError(FloatingPointError):
-    """Training produced a NaN or infinite loss; the message names the step and the loss terms."""
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -155,8 +152,9 @@ class Trainer:
         self.model = self.distiller
         if distributed.is_enabled():
             ids = [self.device.index] if self.device.type == "cuda" else None
+            some_unused = len(self.stages) > 1 or not all(self.distiller.weights.values())
             self.model = DistributedDataParallel(self.distiller, device_ids=ids,
-                                                 find_unused_parameters=len(self.stages) > 1)
+                                                 find_unused_parameters=some_unused)
         for callback in self.callbacks:
             callback.on_stage_start(self)
 

@@ -113,8 +113,7 @@ class ActivationBoundaries(FeatureDistiller):
             losses["ab"] = ab_loss([s for s, _ in pairs], [t for _, t in pairs], self.layer_weights,
                                    self.params.margin)
         else:
-            logits = self.student(batch.inputs)
-            self.student_taps.clear()
+            logits = self.run_student(batch.inputs)
         if self.weights["ce"]:
             losses["ce"] = F.cross_entropy(logits.float(), batch.targets)
         return DistillOutput(losses, logits)

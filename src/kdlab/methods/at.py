@@ -95,8 +95,7 @@ class AttentionTransfer(FeatureDistiller):
             losses["at"] = at_loss(out.student_features, out.teacher_features, self.params.p,
                                    self.params.mode)
         else:
-            logits = self.student(batch.inputs)
-            self.student_taps.clear()
+            logits = self.run_student(batch.inputs)
         if self.weights["ce"]:
             losses["ce"] = F.cross_entropy(logits.float(), batch.targets)
         return DistillOutput(losses, logits)

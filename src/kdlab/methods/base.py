@@ -135,7 +135,7 @@ class Distiller(nn.Module):
         raise NotImplementedError
 
     def weighted_total(self, losses: dict[str, Tensor]) -> Tensor:
-        """Sum of ``weight * term``; terms with weight 0 still appear in logs but add nothing."""
+        """Sum of ``weight * term``; a term with weight 0 adds nothing (methods may skip computing it)."""
         total = sum(self.weights[name] * value for name, value in losses.items() if self.weights[name])
         if not isinstance(total, Tensor):
             raise ValueError(f"every loss term of {type(self).__name__} has weight 0")

@@ -82,6 +82,12 @@ class FeatureDistiller(Distiller):
                               "name its layers by module path") from None
         return self.default_taps(preset, role)
 
+    def run_student(self, inputs: Tensor) -> Tensor:
+        """The student's logits alone, for stages that use no teacher term (its taps are discarded)."""
+        logits = self.student(inputs)
+        self.student_taps.clear()
+        return logits
+
     def run_models(self, batch: Batch) -> FeatureForward:
         """Teacher (no-grad) and student forwards with their tapped features."""
         with torch.no_grad():

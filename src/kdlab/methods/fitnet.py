@@ -82,8 +82,7 @@ class FitNet(FeatureDistiller):
         w = self.weights
         losses: dict[str, Tensor] = {}
         if not (w["kd"] or w["hint"]):
-            logits = self.student(batch.inputs)
-            self.student_taps.clear()
+            logits = self.run_student(batch.inputs)
         else:
             out = self.run_models(batch)
             logits = out.student_logits

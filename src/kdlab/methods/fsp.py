@@ -38,6 +38,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -54,9 +55,10 @@ Reduction = Literal["paper", "mean", "column_norm"]
 
 
 def fsp_matrix(first: Tensor, second: Tensor, pool: Pool = "avg") -> Tensor:
-    """``G[b, i, j] = mean_{hw} first[b, i] * second[b, j]`` (B x C1 x C2), float32."""
+    """``G[b, i, j] = mean_{hw} first[b, i] * second[b, j]`` (B x C1 x C2), float32 even under autocast."""
     first, second = align_spatial(first.float(), second.float(), pool)
-    return first.flatten(2) @ second.flatten(2).transpose(1, 2) / (first.shape[-2] * first.shape[-1])
+    with torch.autocast(first.device.type, enabled=False):
+        return first.flatten(2) @ second.flatten(2).transpose(1, 2) / (first.shape[-2] * first.shape[-1])
 
 
 def fsp_loss(students: Sequence[Tensor], teachers: Sequence[Tensor], pool: Pool = "avg",
@@ -119,8 +121,7 @@ class FSP(FeatureDistiller):
             students = [adapt(f) for adapt, f in zip(self.adapters, out.student_features, strict=True)]
             losses["fsp"] = fsp_loss(students, out.teacher_features, self.params.pool, self.params.reduction)
         else:
-            logits = self.student(batch.inputs)
-            self.student_taps.clear()
+            logits = self.run_student(batch.inputs)
         if self.weights["ce"]:
             losses["ce"] = F.cross_entropy(logits.float(), batch.targets)
         return DistillOutput(losses, logits)

@@ -137,8 +137,7 @@ class FactorTransfer(FeatureDistiller):
                 student_factor = self.translator(out.student_features[0])
                 losses["ft"] = factor_transfer_loss(student_factor, teacher_factor.detach(), self.params.mode)
         else:
-            logits = self.student(batch.inputs)
-            self.student_taps.clear()
+            logits = self.run_student(batch.inputs)
         if w["ce"]:
             losses["ce"] = F.cross_entropy(logits.float(), batch.targets)
         return DistillOutput(losses, logits)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -32,8 +33,9 @@ from kdlab.models import StagePreset, TapPoint
 
 
 def _poly_kernel_mean(a: Tensor, b: Tensor) -> Tensor:
-    """``mean_{b,i,j} (a[b,i] . b[b,j])^2`` over B x Ca x Cb channel pairs."""
-    return (a @ b.transpose(1, 2)).pow(2).mean()
+    """``mean_{b,i,j} (a[b,i] . b[b,j])^2`` over B x Ca x Cb channel pairs, float32 even under autocast."""
+    with torch.autocast(a.device.type, enabled=False):
+        return (a @ b.transpose(1, 2)).pow(2).mean()
 
 
 def nst_layer_loss(student: Tensor, teacher: Tensor) -> Tensor:
@@ -72,8 +74,7 @@ class NeuronSelectivityTransfer(FeatureDistiller):
             logits = out.student_logits
             losses["nst"] = nst_loss(out.student_features, out.teacher_features)
         else:
-            logits = self.student(batch.inputs)
-            self.student_taps.clear()
+            logits = self.run_student(batch.inputs)
         if self.weights["ce"]:
             losses["ce"] = F.cross_entropy(logits.float(), batch.targets)
         return DistillOutput(losses, logits)

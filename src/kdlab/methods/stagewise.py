@@ -29,8 +29,8 @@ the K stages by one ``backbone`` stage that trains all stages on ``sum_k L_k`` (
 ablation). An explicit ``stages:`` list in the config replaces the plan; a stage named ``stage<k>``
 then mimics stage k, any other stage uses the weighted ``mimic`` (summed over all stages) and ``ce``.
 
-In a ``stage<k>`` stage, student and teacher forwards stop once stage k's output is reached, so later
-layers cost nothing. What the paper does not fix (we could read only its abstract and secondary notes)
+In a ``stage<k>`` stage, student and teacher forwards stop once stage k's output is reached: later
+layers are not run. What the paper does not fix (we could read only its abstract and secondary notes)
 and is chosen here: post-activation stage outputs (``preact: true`` for the presets' pre-activation
 points), the mean reduction, adapters only where shapes differ, no joint fine-tune after the last
 stage, and the neck trained with the head.
@@ -214,8 +214,7 @@ class Stagewise(FeatureDistiller):
             losses["mimic"] = sum(self._mimic(i, s, t) for i, (s, t) in
                                   enumerate(zip(out.student_features, out.teacher_features, strict=True)))
         else:
-            logits = self.student(batch.inputs)
-            self.student_taps.clear()
+            logits = self.run_student(batch.inputs)
         if self.weights["ce"]:
             losses["ce"] = F.cross_entropy(logits.float(), batch.targets)
         return DistillOutput(losses, logits)

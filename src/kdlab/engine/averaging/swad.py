@@ -158,6 +158,7 @@ class SWAD(AveragingStrategy):
         self.closed: list[Segment] = []
         self.finished = False
         self.stopped_early_at: int | None = None
+        self._shown: int | None = None
 
     # ------------------------------------------------------------------ the loss
     @torch.no_grad()
@@ -231,14 +232,17 @@ class SWAD(AveragingStrategy):
             self._version += 1
 
     def prepare(self, trainer: Trainer) -> None:
+        """Before the valley starts, show the last closed segment's average (the online model before that)."""
         if self.iterates:
             return
-        if self.closed:
+        if not self.closed:
+            self.average.track_online()
+            self._version += 1
+        elif self._shown != self.closed[-1].index:
             device = self.average.sources[0].device
             self.average.mean.copy_from([t.to(device) for t in self.closed[-1].tensors])
-        else:
-            self.average.track_online()
-        self._version += 1
+            self._shown = self.closed[-1].index
+            self._version += 1
 
     # ------------------------------------------------------------------ state
     def extra_state(self) -> dict[str, Any]:
