@@ -166,6 +166,49 @@ def evaluate(model_name: str, state_path: Path, test: dict[str, Any]) -> float:
     return 100.0 * correct / len(test["test_targets"])
 
 
+def render(phases: dict[str, dict[str, Any]], settings: dict[str, Any], cores: int
+           ) -> tuple[str, float, float, float]:
+    """The results table; kdlab - torchdistill top-1 and torchdistill/kdlab wall and CPU-time ratios.
+
+    "train CPU-s" is the training process's CPU time over its training loop (wall x CPU share x
+    cores): what the loop costs in CPU, whatever else ran on the machine. torchdistill's DataLoader
+    workers are separate processes and are not counted in it.
+    """
+    for result in phases.values():
+        result["train_cpu_s"] = round(result["train_wall_s"] * result["cpu_share"] * cores, 1)
+    labels = {
+        "teacher": f"teacher {settings['teacher']} (kdlab, CE, bf16)",
+        "kdlab": f"student {settings['student']}, KD, kdlab defaults (bf16, device-resident)",
+        "torchdistill": f"student {settings['student']}, KD, torchdistill 1.1.5 defaults (fp32, "
+                        f"DataLoader num_workers={settings['td_workers']})",
+    }
+    rows = []
+    for phase, label in labels.items():
+        r = phases[phase]
+        epochs = settings["teacher_epochs"] if phase == "teacher" else settings["epochs"]
+        rows.append([label, epochs, f"{r['test_top1_fp32']:.2f}", f"{r['train_wall_s']:.0f}",
+                     f"{r['img_per_s']:.0f}", f"{r['cpu_share']:.2f}", f"{r['train_cpu_s']:.0f}",
+                     f"{r['peak_rss_mib']:.0f}"])
+    table = benchlib.markdown_table(
+        ["run", "epochs", "test top-1 % (fp32 eval)", "train wall s", "train img/s", "CPU share",
+         "train CPU-s", "peak RSS MiB"], rows)
+    gap = phases["kdlab"]["test_top1_fp32"] - phases["torchdistill"]["test_top1_fp32"]
+    wall = phases["torchdistill"]["train_wall_s"] / phases["kdlab"]["train_wall_s"]
+    cpu = phases["torchdistill"]["train_cpu_s"] / phases["kdlab"]["train_cpu_s"]
+    return table, gap, wall, cpu
+
+
+def report_only(path: Path) -> None:
+    """Re-render the table of a finished run's JSON, and rewrite it."""
+    payload = json.loads(path.read_text())
+    table, gap, wall, cpu = render(payload["phases"], payload["settings"], payload["machine"]["cores"])
+    payload.update(table_markdown=table, kdlab_minus_torchdistill_top1=round(gap, 2),
+                   wall_speedup=round(wall, 2), cpu_time_speedup=round(cpu, 2))
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    print(table + f"\n\nkdlab - torchdistill top-1: {gap:+.2f} points; torchdistill/kdlab training "
+          f"wall time {wall:.2f}x, CPU time {cpu:.2f}x")
+
+
 def main_parent(args: argparse.Namespace) -> None:
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
@@ -213,26 +256,8 @@ def main_parent(args: argparse.Namespace) -> None:
         phases[phase]["test_top1_fp32"] = round(evaluate(model_of[phase], state_of[phase], test), 2)
     machine["loadavg_at_end"] = os.getloadavg()
 
-    rows = [
-        [f"teacher {args.teacher} (kdlab, CE, bf16)", args.teacher_epochs,
-         f"{phases['teacher']['test_top1_fp32']:.2f}", f"{phases['teacher']['train_wall_s']:.0f}",
-         f"{phases['teacher']['img_per_s']:.0f}", f"{phases['teacher']['cpu_share']:.2f}",
-         f"{phases['teacher']['peak_rss_mib']:.0f}"],
-        [f"student {args.student}, KD, kdlab defaults (bf16, device-resident)", args.epochs,
-         f"{phases['kdlab']['test_top1_fp32']:.2f}", f"{phases['kdlab']['train_wall_s']:.0f}",
-         f"{phases['kdlab']['img_per_s']:.0f}", f"{phases['kdlab']['cpu_share']:.2f}",
-         f"{phases['kdlab']['peak_rss_mib']:.0f}"],
-        [f"student {args.student}, KD, torchdistill 1.1.5 defaults (fp32, DataLoader "
-         f"num_workers={args.td_workers})", args.epochs,
-         f"{phases['torchdistill']['test_top1_fp32']:.2f}", f"{phases['torchdistill']['train_wall_s']:.0f}",
-         f"{phases['torchdistill']['img_per_s']:.0f}", f"{phases['torchdistill']['cpu_share']:.2f}",
-         f"{phases['torchdistill']['peak_rss_mib']:.0f}"],
-    ]
-    table = benchlib.markdown_table(
-        ["run", "epochs", "test top-1 % (fp32 eval)", "train wall s", "train img/s", "CPU share",
-         "peak RSS MiB"], rows)
-    gap = phases["kdlab"]["test_top1_fp32"] - phases["torchdistill"]["test_top1_fp32"]
-    speedup = phases["torchdistill"]["train_wall_s"] / phases["kdlab"]["train_wall_s"]
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "phase"}
+    table, gap, speedup, cpu_speedup = render(phases, settings, machine["cores"])
     total = time.perf_counter() - started
     text = (f"Machine: {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}; load average "
             f"{machine['loadavg_at_start'][0]:.2f} at start, {machine['loadavg_at_end'][0]:.2f} at end\n"
@@ -240,8 +265,9 @@ def main_parent(args: argparse.Namespace) -> None:
             f"{len(test['test_targets'])} test; batch {BATCH}, SGD lr {LR} momentum {MOMENTUM} "
             f"wd {WEIGHT_DECAY}, multistep {args.milestones}; KD T={TEMPERATURE} ce {W_CE} kd {W_KD}; "
             f"total {total:.0f} s\n\n{table}\n\n"
-            f"kdlab - torchdistill top-1: {gap:+.2f} points; kdlab training wall-time speed-up: "
-            f"{speedup:.2f}x (training loops only: no data decoding, model building or test evaluation)")
+            f"kdlab - torchdistill top-1: {gap:+.2f} points; torchdistill/kdlab training time: wall "
+            f"{speedup:.2f}x, CPU {cpu_speedup:.2f}x (training loops only: no data decoding, model "
+            "building or test evaluation)")
     print("\n" + text)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -249,11 +275,11 @@ def main_parent(args: argparse.Namespace) -> None:
         "benchmark": "kd_accuracy_check",
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "machine": machine,
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-                     if k != "phase"},
+        "settings": settings,
         "phases": phases,
         "kdlab_minus_torchdistill_top1": round(gap, 2),
         "wall_speedup": round(speedup, 2),
+        "cpu_time_speedup": round(cpu_speedup, 2),
         "table_markdown": table,
         "total_s": round(total, 1),
     }, indent=2) + "\n")
@@ -286,12 +312,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="'quiet': other processes use less than this share of the machine's CPU")
     parser.add_argument("--work-dir", default="/tmp/kdlab-accuracy-check")
     parser.add_argument("--out", default=str(benchlib.HERE / "results" / "accuracy.json"))
+    parser.add_argument("--report-only", metavar="JSON", help="re-render the table of a finished run")
     parser.add_argument("--phase", choices=["teacher", "kdlab"], help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.report_only:
+        report_only(Path(args.report_only))
+        return
     if args.threads > 0:
         import torch
 

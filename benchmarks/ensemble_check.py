@@ -63,11 +63,12 @@ def base_tree(args: argparse.Namespace, name: str, student: str, epochs: int, se
 
 
 def run_or_reuse(tree: dict[str, Any]) -> dict[str, Any]:
-    """Train the run unless its directory already holds a finished one (so the script can be resumed)."""
-    summary_path = Path(tree["out_dir"]) / tree["name"] / "summary.json"
-    if summary_path.is_file():
-        return json.loads(summary_path.read_text())
-    return train(validate(tree, tree["name"])).summary
+    """Train the run, reuse it if finished, or resume it from ``last.pt`` (so the script can be restarted)."""
+    run_dir = Path(tree["out_dir"]) / tree["name"]
+    if (run_dir / "summary.json").is_file():
+        return json.loads((run_dir / "summary.json").read_text())
+    resume = run_dir if (run_dir / "last.pt").is_file() else None
+    return train(validate(tree, tree["name"]), resume=resume).summary
 
 
 def mean_std(values: list[float]) -> str:

@@ -49,6 +49,7 @@ REFERENCE_PARAMS = {
     "shufflenetv2": 1_355_528,  # ShuffleV2
 }
 SMALL_CNNS = ("cnn_small", "cnn_tiny")
+DOMAINBED_CNNS = ("mnist_cnn", "mnist_cnn_small")
 # Zoo models outside RepDistiller's model_dict, counted with our code (num_classes=100); WRN-28-10 with
 # 10 classes has 36,479,194, the count usually quoted for it.
 EXTRA_PARAMS = {"wrn_28_4": 5_872_180, "wrn_28_10": 36_536_884}
@@ -61,11 +62,12 @@ def count(model: nn.Module) -> int:
 
 
 def rgb_kwargs(name: str) -> dict:
-    return {"in_channels": 3} if name in SMALL_CNNS else {}
+    return {"in_channels": 3} if name in SMALL_CNNS + DOMAINBED_CNNS else {}
 
 
 def test_zoo_is_the_reference_zoo_plus_small_cnns() -> None:
-    assert set(list_models()) == set(REFERENCE_PARAMS) | set(SMALL_CNNS) | set(EXTRA_PARAMS)
+    expected = set(REFERENCE_PARAMS) | set(SMALL_CNNS) | set(DOMAINBED_CNNS) | set(EXTRA_PARAMS)
+    assert set(list_models()) == expected
 
 
 @pytest.mark.parametrize("name", sorted(REFERENCE_PARAMS | EXTRA_PARAMS))
@@ -89,7 +91,10 @@ def test_forward_and_stage_taps(name: str) -> None:
     assert 3 <= n <= 4
     sizes = [f.shape[-1] for f in stages]
     assert all(f.dim() == 4 for f in stages)
-    assert sizes == sorted(set(sizes), reverse=True), sizes
+    if MODELS.get(name).family == "domainbed_cnn":  # DomainBed's MNIST CNN downsamples once only
+        assert sizes == sorted(sizes, reverse=True) and sizes[0] > sizes[-1], sizes
+    else:
+        assert sizes == sorted(set(sizes), reverse=True), sizes
     for i, pre in enumerate(features[n : n + len(preact)]):
         assert pre.shape == stages[i].shape
         if MODELS.get(name).family in RELU_OF_PREACT:

@@ -150,10 +150,12 @@ def build_data_for(config: RunConfig, device: torch.device) -> DataBundle:
                 device_resident=d.device_resident, image_size=d.image_size, mean=d.mean, std=d.std,
                 **corruption_specs(d), **d.options,
             )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ConfigError(f"data: {exc}") from None
         except CorruptionError as exc:
             raise ConfigError(str(exc)) from None
+        except ConfigError:
+            raise
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"data: {exc}") from None
 
     if distributed.is_main():
         data = build()
