@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -65,6 +66,7 @@ def cmd_study(args: argparse.Namespace) -> int:
             print(f"{job.id}" + (f"  (after {job.depends})" if job.depends else ""))
         print(f"{len(study.jobs)} runs in {study.dir}")
         return 0
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a polite kill stops the runs like Ctrl-C
     try:
         outcome = study.run()
     except KeyboardInterrupt:
