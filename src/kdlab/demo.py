@@ -27,10 +27,10 @@ class DemoRow:
 def demo_config(model: str, method: str, out_dir: Path, name: str, seed: int, epochs: int,
                 teacher_dir: Path | None = None) -> dict:
     config = {
-        "data": {"name": "digits", "batch_size": 32, "val_fraction": 0.15, "split_seed": 0},
+        "data": {"name": "digits", "batch_size": 64, "val_fraction": 0.15, "split_seed": 0},
         "student": {"name": model},
         "method": {"name": method},
-        "optim": {"name": "adamw", "lr": 3e-3, "weight_decay": 1e-4},
+        "optim": {"name": "adamw", "lr": 5e-3, "weight_decay": 1e-4},
         "schedule": {"name": "cosine", "warmup": 1},
         "train": {"epochs": epochs, "seed": seed, "precision": "fp32", "progress": False, "log_every": 20},
         "out_dir": str(out_dir),
@@ -43,7 +43,7 @@ def demo_config(model: str, method: str, out_dir: Path, name: str, seed: int, ep
     return config
 
 
-def run_demo(out_dir: str | Path = "runs", seed: int = 0, epochs: int = 30) -> tuple[Path, list[DemoRow]]:
+def run_demo(out_dir: str | Path = "runs", seed: int = 0, epochs: int = 20) -> tuple[Path, list[DemoRow]]:
     """Train teacher, student from scratch and KD student; returns the demo directory and the rows."""
     root = Path(out_dir) / f"demo-{datetime.now().strftime('%Y%m%d-%H%M%S')}-seed{seed}"
     teacher = train(validate(demo_config(TEACHER, "ce", root, "teacher", seed, epochs)))

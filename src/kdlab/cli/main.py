@@ -149,7 +149,7 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="teacher, student and KD student on scikit-learn digits")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--out-dir", default="runs")
     p.set_defaults(func=cmd_demo)
 

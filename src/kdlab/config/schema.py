@@ -129,7 +129,7 @@ class TrainConfig(Section):
     epochs: int | None = Field(None, gt=0)
     steps: int | None = Field(None, gt=0, description="step budget; overrides epochs")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
-    channels_last: bool = False
+    channels_last: bool = Field(True, description="channels_last memory format for 4-D inputs")
     compile: bool = False
     grad_clip: float | None = Field(None, gt=0)
     seed: int = 0

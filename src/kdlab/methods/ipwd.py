@@ -28,7 +28,7 @@ is alpha_T, 0.8; ``epochs`` is E), and
 
 which is PS-KD exactly when every w_i = 1.
 
-What the paper's text we could read leaves open, and what is chosen here (see docs/methods.d/ipwd.md):
+What the paper's text we could read leaves open, and what is chosen here (docs/methods.md, `ipwd`):
 which head is the extra one (the main head is z_kd; ``kd_head: aux`` adds a separate KD-only head
 instead), the normalization N (z-score), eps 1e-7, the clip w_max 10, no batch normalization of the
 weights, the weight detached (``stop_gradient``), only the distillation term weighted, and the
