@@ -49,6 +49,8 @@ def write_report(location: str | Path, out: str | Path | None = None, split: str
     if not any(r.get("role") == "student" for r in records):
         raise ValueError(f"{source}: no finished student runs to report")
     settings = _study_settings(root)
+    order = {m.get("label") or m["name"]: i for i, m in enumerate(settings.get("methods", []))}
+    records.sort(key=lambda r: order.get(r.get("method"), len(order)))  # the study file's method order
     baseline = settings.get("baseline", "ce")
     split = split or settings.get("report", {}).get("split", "test_last")
     out = Path(out) if out is not None else root / "report"
