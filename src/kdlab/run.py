@@ -29,13 +29,14 @@ from kdlab.data.corruption import CorruptionError
 from kdlab.engine import checkpoint, distributed
 from kdlab.engine.averaging import MODEL_NAME, build_averager
 from kdlab.engine.callbacks import Callback
-from kdlab.engine.stages import plan_stages
+from kdlab.engine.stages import StageClock, plan_stages
 from kdlab.engine.trainer import Trainer
 from kdlab.ensemble import TeacherEnsemble
-from kdlab.methods import DistillContext, build_distiller
+from kdlab.methods import DistillContext, Distiller, build_distiller
 from kdlab.models import build_model
 from kdlab.models.batchnorm import freeze_batchnorm
 from kdlab.robustness import class_breakdown, corruption_specs, corruption_summary, save_noisy_labels
+from kdlab.teacher_cache import CacheError, TeacherCacheReplay, run_signature
 
 
 @dataclass
@@ -165,20 +166,9 @@ def build_data_for(config: RunConfig, device: torch.device) -> DataBundle:
     return build()
 
 
-def train(
-    config: RunConfig,
-    *,
-    resume: str | Path | None = None,
-    student: nn.Module | None = None,
-    teacher: nn.Module | None = None,
-    callbacks: Sequence[Callback] = (),
-    write: bool = True,
-) -> RunResult:
-    """Train one run. ``student``/``teacher`` modules, when given, replace those built from the config."""
-    device = distributed.init_from_env(resolve_device(config.train.device).type) or \
-        resolve_device(config.train.device)
-    seed_everything(config.train.seed, config.train.deterministic)
-    data = build_data_for(config, device)
+def build_distiller_for(config: RunConfig, data: DataBundle, *, student: nn.Module | None = None,
+                        teacher: nn.Module | None = None) -> Distiller:
+    """The run's distiller: student, teacher(s) and method from the config (given modules win)."""
     student = student if student is not None else build_network(config.student, data, "student")
     if teacher is None and config.teacher is not None:
         if config.teacher.checkpoint is None and not config.teacher.pretrained:
@@ -193,9 +183,42 @@ def train(
         teacher_name=config.teacher.name if config.teacher else "+".join(t.name for t in config.teachers),
     )
     teacher_config = config.teacher or next(iter(config.teachers), None)
-    distiller = build_distiller(config.method, student, teacher, context,
-                                student_norm=normalization(config.student, data),
-                                teacher_norm=normalization(teacher_config, data))
+    return build_distiller(config.method, student, teacher, context,
+                           student_norm=normalization(config.student, data),
+                           teacher_norm=normalization(teacher_config, data))
+
+
+def attach_teacher_cache(config: RunConfig, data: DataBundle, distiller: Distiller,
+                         device: torch.device) -> TeacherCacheReplay | None:
+    """With ``teacher_cache`` set, make the training source replay the cache (checked against the run)."""
+    if config.teacher_cache is None:
+        return None
+    try:
+        cache = config.teacher_cache
+        replay = TeacherCacheReplay(cache.path, device, cycle=cache.cycle, features=cache.features)
+        replay.check(run_signature(config, data, distiller))
+    except CacheError as exc:
+        raise ConfigError(str(exc)) from None
+    data.train.set_replay(replay)
+    return replay
+
+
+def train(
+    config: RunConfig,
+    *,
+    resume: str | Path | None = None,
+    student: nn.Module | None = None,
+    teacher: nn.Module | None = None,
+    callbacks: Sequence[Callback] = (),
+    write: bool = True,
+) -> RunResult:
+    """Train one run. ``student``/``teacher`` modules, when given, replace those built from the config."""
+    device = distributed.init_from_env(resolve_device(config.train.device).type) or \
+        resolve_device(config.train.device)
+    seed_everything(config.train.seed, config.train.deterministic)
+    data = build_data_for(config, device)
+    distiller = build_distiller_for(config, data, student=student, teacher=teacher)
+    replay = attach_teacher_cache(config, data, distiller, device)
 
     run_dir: Path | None = None
     if write:
@@ -217,6 +240,12 @@ def train(
     if averager is not None:
         callbacks = [*callbacks, averager]
     stages = plan_stages(config, None if config.stages else distiller.default_stages(config))
+    if replay is not None:
+        clock = StageClock(stages, len(data.train))
+        try:
+            replay.require(clock.data_epoch(clock.total_steps - 1)[0] + 1)
+        except CacheError as exc:
+            raise ConfigError(str(exc)) from None
     trainer = Trainer(distiller, data.train, data.val, stages=stages, train=config.train,
                       device=device, run_dir=run_dir, callbacks=callbacks,
                       config=config.model_dump(mode="json"),
@@ -229,6 +258,8 @@ def train(
     summary.update(corruption_summary(data, trainer.class_breakdown))
     if averager is not None:
         summary["averaging"] = averager.describe()
+    if replay is not None:
+        summary["teacher_cache"] = replay.describe(trainer.epoch)
     if run_dir is not None and distributed.is_main():
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return RunResult(run_dir, summary, trainer.distiller.student)

@@ -1,4 +1,4 @@
-"""The ``kdlab`` command line: train, eval, demo, list, dg, study, report."""
+"""The ``kdlab`` command line: train, cache-teacher, eval, demo, list, dg, study, report, export."""
 
 from __future__ import annotations
 
@@ -35,6 +35,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = train(config, resume=args.resume)
     print(json.dumps({"run_dir": str(result.run_dir), "test_last": result.summary["test_last"],
                       "test_selected": result.summary["test_selected"]}, indent=2))
+    return 0
+
+
+def cmd_cache_teacher(args: argparse.Namespace) -> int:
+    from kdlab.teacher_cache import fill_teacher_cache
+
+    config = load_config(args.config, args.overrides)
+    root = fill_teacher_cache(config, shard=args.shard, num_shards=args.num_shards)
+    print(f"teacher cache: {root}")
     return 0
 
 
@@ -140,6 +149,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
     p.add_argument("--quiet", action="store_true", help="no progress bar; log lines only")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("cache-teacher", help="fill a replayable teacher-output cache (teacher_cache section)")
+    p.add_argument("config", help="the run's YAML config; its teacher_cache section says where and what")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. teacher_cache.epochs=20")
+    p.add_argument("--shard", type=int, default=0, help="this process's share of the work: 0..num-shards-1")
+    p.add_argument("--num-shards", type=int, default=1, help="processes filling the cache together")
+    p.set_defaults(func=cmd_cache_teacher)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint (a .pt file or a run directory)")
     p.add_argument("checkpoint")

@@ -131,6 +131,9 @@ class TrainConfig(Section):
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     channels_last: bool = Field(True, description="channels_last memory format for 4-D inputs")
     compile: bool = False
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = Field(
+        "default", description="torch.compile mode; reduce-overhead adds CUDA graphs (training batches "
+                               "are always whole: the last partial batch is dropped)")
     grad_clip: float | None = Field(None, gt=0)
     seed: int = 0
     deterministic: bool = False
@@ -158,6 +161,24 @@ class AveragingConfig(Section):
     bn_batches: int = Field(100, gt=0)
 
 
+class TeacherCacheConfig(Section):
+    """A replayable teacher-output cache (``kdlab.teacher_cache``): where it lives, and how
+    ``kdlab cache-teacher`` fills it. Training with ``path`` set replays the cached augmentations and
+    reads the cached outputs instead of running the teacher.
+    """
+
+    path: str = Field(description="the cache directory")
+    epochs: int = Field(10, gt=0, description="epochs of pre-drawn augmentations to cache")
+    outputs: Literal["logits", "topk"] = Field(
+        "logits", description="full logits in fp16, or the top-k logits with the rest as uniform mass")
+    topk: int = Field(10, gt=0, description="k of outputs: topk")
+    features: bool = Field(False, description="also cache the teacher features the method taps")
+    seed: int = Field(0, description="seed of the cached augmentation draws")
+    batch_size: int = Field(256, gt=0, description="teacher batch size while filling the cache")
+    cycle: bool = Field(True, description="replay epoch e as cached epoch e mod epochs when training "
+                                          "runs longer than the cache; false: such a run is an error")
+
+
 class RunConfig(Section):
     """A whole run: data, student, optional teacher, method, optimization and output."""
 
@@ -172,6 +193,7 @@ class RunConfig(Section):
     train: TrainConfig
     stages: list[StageConfig] = Field(default_factory=list, description="multi-stage plan; see StageConfig")
     averaging: AveragingConfig = Field(default_factory=AveragingConfig)
+    teacher_cache: TeacherCacheConfig | None = None
     out_dir: str = "runs"
     name: str | None = None
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import NamedTuple, Protocol
 
+import torch
 from torch import Tensor
 
 
@@ -13,11 +14,14 @@ class Batch(NamedTuple):
 
     ``inputs`` are float images normalized with the dataset's mean/std, ``targets`` are int64 class
     ids and ``indices`` are int64 positions in the split (methods such as CRD key memories by them).
+    ``teacher`` holds the teacher's outputs for these inputs when a replayable teacher cache supplies
+    them (``"logits"``, and ``"feature0"``, ``"feature1"``, ... for tapped features), else None.
     """
 
     inputs: Tensor
     targets: Tensor
     indices: Tensor
+    teacher: dict[str, Tensor] | None = None
 
 
 class BatchSource(Protocol):
@@ -35,3 +39,19 @@ class BatchSource(Protocol):
     def set_epoch(self, epoch: int) -> None: ...
 
     def __iter__(self) -> Iterator[Batch]: ...
+
+
+class ReplaySlab(Protocol):
+    """One epoch of a replayable teacher cache (:class:`kdlab.teacher_cache.EpochSlab`)."""
+
+    def augment_for(self, indices: Tensor) -> Tensor: ...
+
+    def teacher(self, indices: Tensor) -> dict[str, Tensor]: ...
+
+
+class Replay(Protocol):
+    """What a batch source reads a teacher cache through: the slab of a training epoch."""
+
+    device: torch.device
+
+    def load(self, epoch: int) -> ReplaySlab: ...

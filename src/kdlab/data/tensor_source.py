@@ -1,7 +1,9 @@
 """The fast path: a whole uint8 split resident on the training device, batched by indexing.
 
 Order, sharding and augmentation parameters come from :mod:`kdlab.data.order` (a pure function of
-``(seed, epoch)``); crop/flip and normalization run on whole batches on the device.
+``(seed, epoch)``); crop/flip and normalization run on whole batches on the device. With a replayable
+teacher cache (:meth:`TensorBatchSource.set_replay`) the crop/flip of each sample is read from the cache
+instead, and every batch carries the cached teacher outputs.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import torch
 from torch import Tensor
 
 from kdlab.data.augment import CropFlip, Normalize, crop_flip
-from kdlab.data.batch import Batch
+from kdlab.data.batch import Batch, Replay
 from kdlab.data.order import Plan, epoch_generator
 
 
@@ -53,6 +55,7 @@ class TensorBatchSource:
         self.device = device
         self.normalize = Normalize(mean, std, device)
         self.epoch = 0
+        self.replay: Replay | None = None
 
     def __len__(self) -> int:
         return len(self.plan)
@@ -60,7 +63,38 @@ class TensorBatchSource:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def augment_spec(self) -> dict[str, object]:
+        """The random augmentation as a teacher cache records it; ``width`` numbers per draw."""
+        if self.augment is None:
+            return {"kind": "none", "width": 0}
+        return {"kind": "crop_flip", "padding": self.augment.padding, "flip": self.augment.flip, "width": 3}
+
+    def draw_by_sample(self, generator: torch.Generator) -> Tensor:
+        """One epoch's augmentation draws indexed by sample id, ``[N, width]`` int32 (for a cache)."""
+        if self.augment is None:
+            return torch.zeros(self.num_samples, 0, dtype=torch.int32)
+        return torch.stack([d.int() for d in self.augment.draw(self.num_samples, generator)], dim=1)
+
+    def _view(self, indices: Tensor, draws: Tensor) -> Tensor:
+        images = self.images.index_select(0, indices)
+        if self.augment is not None:
+            images = crop_flip(images, draws[:, 0], draws[:, 1], draws[:, 2].bool(), self.augment.padding)
+        return self.normalize(images)
+
+    def views(self, indices: Tensor, draws: Tensor, batch_size: int) -> Iterator[Tensor]:
+        """Batches of samples ``indices`` augmented with ``draws`` (rows of :meth:`draw_by_sample`)."""
+        indices, draws = indices.to(self.device), draws.to(self.device)
+        for start in range(0, len(indices), batch_size):
+            yield self._view(indices[start : start + batch_size], draws[start : start + batch_size])
+
+    def set_replay(self, replay: Replay) -> None:
+        """Read augmentation draws and teacher outputs from ``replay`` from now on."""
+        self.replay = replay
+
     def __iter__(self) -> Iterator[Batch]:
+        if self.replay is not None:
+            yield from self._replayed()
+            return
         generator = epoch_generator(self.seed, self.epoch)
         order = self.plan.order(generator)
         positions = self.plan.positions()
@@ -78,3 +112,13 @@ class TensorBatchSource:
                 top, left, flip = (p[start : start + step] for p in params)
                 images = crop_flip(images, top, left, flip, self.augment.padding)
             yield Batch(self.normalize(images), self.targets.index_select(0, idx), idx)
+
+    def _replayed(self) -> Iterator[Batch]:
+        slab = self.replay.load(self.epoch)
+        order = self.plan.order(epoch_generator(self.seed, self.epoch))
+        indices = order[self.plan.positions()].to(self.device, non_blocking=True)
+        step = self.plan.rank_batch_size
+        for start in range(0, len(indices), step):
+            idx = indices[start : start + step]
+            yield Batch(self._view(idx, slab.augment_for(idx)), self.targets.index_select(0, idx), idx,
+                        slab.teacher(idx))

@@ -83,9 +83,9 @@ class Trainer:
         if train.channels_last:
             self.distiller.to(memory_format=torch.channels_last)
         if train.compile:
-            self.distiller.student.compile()
+            self.distiller.student.compile(mode=train.compile_mode)
             if self.distiller.teacher is not None:
-                self.distiller.teacher.compile()
+                self.distiller.teacher.compile(mode=train.compile_mode)
 
         if stages is None:
             stages = [Stage("train", optim or OptimConfig(), schedule or ScheduleConfig(), train.epochs,
@@ -192,10 +192,11 @@ class Trainer:
         self.train_data.set_epoch(epoch)
         self.freezer.train()
         window_start, window_images = time.perf_counter(), 0
+        started = time.perf_counter()
         for index, batch in enumerate(self.train_data):
             if index < skip:
+                started = time.perf_counter()
                 continue
-            started = time.perf_counter()
             output, loss = self._train_step(batch)
             self.step += 1
             images = batch.targets.numel() * distributed.world_size()
@@ -216,6 +217,7 @@ class Trainer:
                 self._evaluate_and_save()
             if self.step >= stage_end or self.should_stop:
                 break
+            started = time.perf_counter()
         local = self.step - self.clock.starts[self.stage_index]
         stage_done = self.step >= stage_end or self.should_stop
         if local % self.steps_per_epoch == 0 or stage_done:

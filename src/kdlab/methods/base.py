@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -68,6 +68,10 @@ class Distiller(nn.Module):
     #: the evaluated model (a key of the trainer's ``eval_models()``) whose validation metric selects
     #: ``best.pt`` and whose test metrics the run summary reports: the deployable model of the method.
     select_model: ClassVar[str] = "student"
+    #: what of the teacher a replayable teacher cache can stand in for: ``"logits"`` (the method reads
+    #: the teacher only through :meth:`batch_teacher_logits`), ``"features"`` (through
+    #: ``FeatureDistiller.run_models``), or ``"none"`` (it runs the teacher on other inputs).
+    teacher_cache: ClassVar[Literal["none", "logits", "features"]] = "none"
 
     def __init__(
         self,
@@ -130,6 +134,12 @@ class Distiller(nn.Module):
     @torch.no_grad()
     def teacher_logits(self, inputs: Tensor) -> Tensor:
         return self.teacher(self.teacher_inputs(inputs))
+
+    def batch_teacher_logits(self, batch: Batch) -> Tensor:
+        """The teacher's logits for ``batch``: from the teacher cache when the batch carries them."""
+        if batch.teacher is not None:
+            return batch.teacher["logits"]
+        return self.teacher_logits(batch.inputs)
 
     def forward(self, batch: Batch) -> DistillOutput:
         raise NotImplementedError

@@ -93,10 +93,11 @@ class DecoupledKD(Distiller):
     terms = ("ce", "dkd")
     default_weights = {"ce": 1.0, "dkd": 1.0}
     Params = DKDParams
+    teacher_cache = "logits"
 
     def forward(self, batch: Batch) -> DistillOutput:
         p = self.params
-        teacher_logits = self.teacher_logits(batch.inputs)
+        teacher_logits = self.batch_teacher_logits(batch)
         logits = self.student(batch.inputs)
         dkd = dkd_loss(logits, teacher_logits, batch.targets, p.alpha, p.beta, p.temperature)
         return DistillOutput(

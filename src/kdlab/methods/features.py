@@ -52,6 +52,7 @@ class FeatureDistiller(Distiller):
     """Taps student and teacher features; subclasses implement ``default_taps`` and ``forward``."""
 
     Params = FeatureParams
+    teacher_cache = "features"
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None, params: FeatureParams,
                  context: DistillContext, **norms: object) -> None:
@@ -89,10 +90,18 @@ class FeatureDistiller(Distiller):
         return logits
 
     def run_models(self, batch: Batch) -> FeatureForward:
-        """Teacher (no-grad) and student forwards with their tapped features."""
-        with torch.no_grad():
-            teacher_logits = self.teacher(self.teacher_inputs(batch.inputs))
-        teacher_features = self.teacher_taps.features
+        """Teacher (no-grad) and student forwards with their tapped features.
+
+        When the batch carries cached teacher outputs, the teacher is not run: its logits and features
+        come from the cache.
+        """
+        if batch.teacher is not None:
+            teacher_logits = batch.teacher["logits"]
+            teacher_features = [batch.teacher[f"feature{i}"] for i in range(len(self.teacher_taps.taps))]
+        else:
+            with torch.no_grad():
+                teacher_logits = self.teacher(self.teacher_inputs(batch.inputs))
+            teacher_features = self.teacher_taps.features
         student_logits = self.student(batch.inputs)
         student_features = self.student_taps.features
         self.teacher_taps.clear()

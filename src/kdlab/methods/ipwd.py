@@ -244,6 +244,7 @@ class IPWD(_IPWBase):
     terms = ("ce", "kd", "aux", "aux_kd")
     default_weights = {"ce": 0.1, "kd": 0.9, "aux": 1.0, "aux_kd": 1.0}
     Params = IPWDParams
+    teacher_cache = "logits"
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None, params: IPWDParams,
                  context: DistillContext, **norms: object) -> None:
@@ -253,7 +254,7 @@ class IPWD(_IPWBase):
 
     def forward(self, batch: Batch) -> DistillOutput:
         p: IPWDParams = self.params
-        teacher_logits = self.teacher_logits(batch.inputs)
+        teacher_logits = self.batch_teacher_logits(batch)
         logits, features = self.run_student(batch.inputs)
         head_input = self.head_input(features)
         cls_logits = self.cls_head(head_input)

@@ -42,9 +42,10 @@ class HintonKD(Distiller):
     terms = ("ce", "kd")
     default_weights = {"ce": 0.1, "kd": 0.9}
     Params = KDParams
+    teacher_cache = "logits"
 
     def forward(self, batch: Batch) -> DistillOutput:
-        teacher_logits = self.teacher_logits(batch.inputs)
+        teacher_logits = self.batch_teacher_logits(batch)
         logits = self.student(batch.inputs)
         return DistillOutput(
             {

@@ -128,6 +128,7 @@ class Stagewise(FeatureDistiller):
     terms = ("mimic", "ce")
     default_weights = {"mimic": 1.0, "ce": 1.0}
     Params = StagewiseParams
+    teacher_cache = "none"
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None, params: StagewiseParams,
                  context: DistillContext, **norms: object) -> None:

@@ -1,0 +1,60 @@
+"""What a cache must agree on with the run that fills or reads it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kdlab.config.schema import RunConfig
+from kdlab.data import DataBundle
+from kdlab.methods import Distiller
+from kdlab.teacher_cache.fingerprint import files_sha256, module_sha256, tensor_sha256
+from kdlab.teacher_cache.layout import CacheError
+
+
+def data_sha256(source: Any) -> str:
+    """Fingerprint of a training source's samples (decoded images, or the file list of a lazy split)."""
+    images = getattr(source, "images", None)
+    if images is None:
+        split = source.loader.dataset.split
+        images = split.images
+        if images is None:
+            return files_sha256(str(f) for f in split.files)
+    return tensor_sha256(images)
+
+
+def run_signature(config: RunConfig, data: DataBundle, distiller: Distiller) -> dict[str, Any]:
+    """The fields of ``meta.json`` that must equal this run's for the cache to be valid for it.
+
+    Raises :class:`CacheError` when the method or the data source cannot use a cache at all.
+    """
+    cache = config.teacher_cache
+    method = config.method.name
+    if distiller.teacher is None or distiller.teacher_cache == "none":
+        raise CacheError(f"teacher_cache: method {method!r} runs its teacher on inputs a cache cannot "
+                         "replay (or has no single teacher); remove the teacher_cache section")
+    if distiller.teacher_cache == "features" and not cache.features:
+        raise CacheError(f"teacher_cache.features: method {method!r} reads teacher features; set "
+                         "teacher_cache.features: true and fill the cache with kdlab cache-teacher")
+    if distiller.teacher_cache != "features" and cache.features:
+        raise CacheError(f"teacher_cache.features: method {method!r} taps no teacher features; "
+                         "set it to false")
+    if not hasattr(data.train, "set_replay"):
+        raise CacheError(f"teacher_cache: the training data of {config.data.name!r} "
+                         f"({type(data.train).__name__}) cannot replay cached augmentations")
+    if cache.outputs == "topk" and cache.topk >= data.num_classes:
+        raise CacheError(f"teacher_cache.topk: {cache.topk} is not below the {data.num_classes} classes; "
+                         "use outputs: logits")
+    teacher = config.teacher
+    signature: dict[str, Any] = {
+        "num_samples": data.train.num_samples,
+        "num_classes": data.num_classes,
+        "data_sha256": data_sha256(data.train),
+        "augment": data.train.augment_spec(),
+        "teacher_sha256": module_sha256(distiller.teacher),
+        "normalization": {"data": [list(data.mean), list(data.std)],
+                          "teacher": [teacher.mean, teacher.std] if teacher is not None else None},
+    }
+    if cache.features:
+        signature["features"] = [{"tap": f"{tap.path}:{tap.kind}", "shape": list(shape)} for tap, shape
+                                 in zip(distiller.teacher_taps.taps, distiller.teacher_shapes, strict=True)]
+    return signature
