@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import benchlib
+import timed_train
 
 TEACHER, STUDENT, NUM_CLASSES, BATCH, TEMPERATURE = "resnet32x4", "resnet8x4", 100, 64, 4.0
 LR, MOMENTUM, WEIGHT_DECAY, W_CE, W_KD = 0.05, 0.9, 5e-4, 0.1, 0.9
@@ -41,27 +42,11 @@ LR, MOMENTUM, WEIGHT_DECAY, W_CE, W_KD = 0.05, 0.9, 5e-4, 0.1, 0.9
 # ---------------------------------------------------------------- shared by the kdlab-side workers
 def kdlab_tree(precision: str, channels_last: bool, total_steps: int, seed: int) -> dict[str, Any]:
     """The kdlab run config of the benchmark (one epoch of ``total_steps`` batches of synthetic data)."""
-    return {
-        "data": {
-            "name": "synthetic",
-            "batch_size": BATCH,
-            "val_fraction": 0.0,
-            "options": {"num_classes": NUM_CLASSES, "num_train": BATCH * total_steps, "num_test": 64},
-        },
-        "student": {"name": STUDENT},
-        "teacher": {"name": TEACHER},
-        "method": {"name": "kd", "weights": {"ce": W_CE, "kd": W_KD}, "params": {"temperature": TEMPERATURE}},
-        "optim": {"name": "sgd", "lr": LR, "momentum": MOMENTUM, "weight_decay": WEIGHT_DECAY},
-        "schedule": {"name": "constant"},
-        "train": {
-            "steps": total_steps,
-            "eval_every": total_steps,
-            "precision": precision,
-            "channels_last": channels_last,
-            "device": "cpu",
-            "seed": seed,
-        },
-    }
+    return timed_train.synthetic_tree(
+        student=STUDENT, teacher=TEACHER, num_classes=NUM_CLASSES, batch_size=BATCH, total_steps=total_steps,
+        method={"name": "kd", "weights": {"ce": W_CE, "kd": W_KD}, "params": {"temperature": TEMPERATURE}},
+        optim={"name": "sgd", "lr": LR, "momentum": MOMENTUM, "weight_decay": WEIGHT_DECAY},
+        precision=precision, channels_last=channels_last, seed=seed)
 
 
 def build_pair(seed: int):
@@ -77,30 +62,14 @@ def build_pair(seed: int):
 
 
 def worker_kdlab(args: argparse.Namespace) -> dict[str, Any]:
-    from kdlab.config import validate
-    from kdlab.engine import Callback
-    from kdlab.run import train
-
-    class StepClock(Callback):
-        name = "step_clock"
-
-        def __init__(self) -> None:
-            self.marks: list[tuple[float, float]] = []
-
-        def on_step_end(self, trainer) -> None:
-            self.marks.append(benchlib.mark())
-
     baseline = benchlib.current_rss_mib()
     total = args.warmup + args.steps
-    config = validate(kdlab_tree(args.precision, args.channels_last, total, args.seed), "benchmark")
     teacher, student = build_pair(args.seed)
-    clock = StepClock()
-    result = train(config, student=student, teacher=teacher, callbacks=[clock], write=False)
-    if len(clock.marks) != total:
-        raise RuntimeError(f"expected {total} steps, the Trainer ran {len(clock.marks)}")
+    run = timed_train.timed_train(kdlab_tree(args.precision, args.channels_last, total, args.seed),
+                                  student=student, teacher=teacher)
     return {
-        **benchlib.steady_stats(clock.marks, args.warmup, BATCH),
-        "precision": result.summary["precision"],
+        **benchlib.steady_stats(run.marks, args.warmup, BATCH),
+        "precision": run.summary["precision"],
         "baseline_rss_mib": baseline,
         "peak_rss_mib": benchlib.peak_rss_mib(),
     }
