@@ -506,3 +506,17 @@ def test_tensor_and_loader_paths_visit_the_same_batches() -> None:
     assert isinstance(slow.train, LoaderBatchSource)
     for a, b in zip(fast.train, slow.train, strict=True):
         assert torch.equal(a.indices, b.indices) and torch.allclose(a.inputs, b.inputs)
+
+
+def test_auto_loader_workers_share_the_node_cores_among_ranks(monkeypatch):
+    from kdlab.run import loader_workers
+
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert loader_workers("auto") == 4
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    assert loader_workers("auto") == 8
+    monkeypatch.setattr("os.cpu_count", lambda: 1)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert loader_workers("auto") == 1
+    assert loader_workers(3) == 3

@@ -144,3 +144,15 @@ def test_evaluation_restores_each_module_mode():
     data = build_data("digits", None, batch_size=32, device="cpu", seed=0)
     evaluate_model(model, data.val, resolve_precision("fp32", torch.device("cpu")))
     assert model.training and model[2].training and not model[1].training
+
+
+def test_compiled_training_matches_eager_and_saves_plain_keys(digits_config):
+    tree = digits_config(train={"steps": 6, "eval_every": 6, "epochs": None})
+    eager = train(validate(tree), write=False)
+    compiled_tree = digits_config(name="compiled", train={"steps": 6, "eval_every": 6, "epochs": None,
+                                                          "compile": True})
+    compiled = train(validate(compiled_tree))
+    saved = load(compiled.run_dir / "last.pt")["model"]
+    assert not any("_orig_mod" in key for key in saved)
+    for name, value in eager.student.state_dict().items():
+        assert torch.allclose(compiled.student.state_dict()[name], value, atol=1e-4), name

@@ -137,6 +137,14 @@ def make_run_dir(config: RunConfig) -> Path:
     return run_dir
 
 
+def loader_workers(setting: int | str) -> int:
+    """``data.num_workers``: a count, or ``auto``: this node's cores over its ranks, 1 to 8."""
+    if setting != "auto":
+        return int(setting)
+    ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(1, min(8, (os.cpu_count() or 1) // ranks))
+
+
 def build_data_for(config: RunConfig, device: torch.device) -> DataBundle:
     """The run's data for this rank; under DDP rank 0 reads (and fills the decode cache) first."""
     d = config.data
@@ -147,7 +155,7 @@ def build_data_for(config: RunConfig, device: torch.device) -> DataBundle:
                 d.name, d.root, batch_size=d.batch_size, eval_batch_size=d.eval_batch_size,
                 val_fraction=d.val_fraction, split_seed=d.split_seed, subset=d.subset, augment=d.augment,
                 device=device, seed=config.train.seed, rank=distributed.rank(),
-                world_size=distributed.world_size(), num_workers=d.num_workers,
+                world_size=distributed.world_size(), num_workers=loader_workers(d.num_workers),
                 device_resident=d.device_resident, image_size=d.image_size, mean=d.mean, std=d.std,
                 **corruption_specs(d), **d.options,
             )

@@ -51,7 +51,9 @@ class DataConfig(Section):
     subset: int | None = Field(None, gt=0, description="keep at most this many training samples")
     augment: Literal["default", "standard", "none"] = "default"
     device_resident: Literal["auto", "on", "off"] = "auto"
-    num_workers: int = Field(2, ge=0)
+    num_workers: int | Literal["auto"] = Field(
+        "auto", description="DataLoader workers per rank (DataLoader path only); auto: the CPU cores "
+                            "shared among this node's ranks, at most 8")
     image_size: int | None = Field(None, gt=0)
     mean: list[float] | None = None
     std: list[float] | None = None
