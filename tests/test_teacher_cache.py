@@ -1,6 +1,7 @@
 """Replayable teacher cache: filling, validity checks, resume, sharding, replay equal to a live teacher."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -40,12 +41,18 @@ def cache_config(digits_config, teacher_weights, tmp_path):
     return make
 
 
-def test_cached_kd_loss_equals_live_teacher_kd_loss(cache_config):
-    config = cache_config()
+def filled_and_replayed(config):
+    """Fill the config's cache, then build its data and distiller with the training source replaying it."""
     fill_teacher_cache(config)
     data = build_data_for(config, torch.device("cpu"))
     distiller = build_distiller_for(config, data)
     attach_teacher_cache(config, data, distiller, torch.device("cpu"))
+    return data, distiller
+
+
+def test_cached_kd_loss_equals_live_teacher_kd_loss(cache_config):
+    config = cache_config()
+    data, distiller = filled_and_replayed(config)
     for epoch in range(3):
         data.train.set_epoch(epoch)
         for batch in data.train:
@@ -58,10 +65,8 @@ def test_cached_kd_loss_equals_live_teacher_kd_loss(cache_config):
 
 def test_replay_reproduces_the_cached_augmentation_not_the_run_seed(cache_config):
     config = cache_config()
-    root = fill_teacher_cache(config)
-    data = build_data_for(config, torch.device("cpu"))
-    distiller = build_distiller_for(config, data)
-    attach_teacher_cache(config, data, distiller, torch.device("cpu"))
+    data, distiller = filled_and_replayed(config)
+    root = Path(config.teacher_cache.path)
     draws = np.load(root / "augment.npy")[1]
     data.train.set_epoch(1)
     batch = next(iter(data.train))
@@ -163,10 +168,7 @@ def test_training_from_a_topk_cache_runs_and_cycles_epochs(cache_config):
 
 def test_training_with_a_cache_never_runs_the_teacher(cache_config):
     config = cache_config()
-    fill_teacher_cache(config)
-    data = build_data_for(config, torch.device("cpu"))
-    distiller = build_distiller_for(config, data)
-    attach_teacher_cache(config, data, distiller, torch.device("cpu"))
+    data, distiller = filled_and_replayed(config)
     distiller.teacher.register_forward_pre_hook(lambda *_: pytest.fail("the teacher ran"))
     batch = next(iter(data.train))
     distiller.weighted_total(distiller(batch).losses).backward()
@@ -174,10 +176,7 @@ def test_training_with_a_cache_never_runs_the_teacher(cache_config):
 
 def test_feature_method_replays_cached_features(cache_config):
     config = cache_config(method="at", features=True)
-    fill_teacher_cache(config)
-    data = build_data_for(config, torch.device("cpu"))
-    distiller = build_distiller_for(config, data)
-    attach_teacher_cache(config, data, distiller, torch.device("cpu"))
+    data, distiller = filled_and_replayed(config)
     batch = next(iter(data.train))
     cached = distiller(batch).losses
     live = distiller(batch._replace(teacher=None)).losses
