@@ -31,6 +31,7 @@ from kdlab.data.batch import BatchSource
 from kdlab.engine import distributed
 from kdlab.engine.errors import NonFiniteLossError
 from kdlab.engine.precision import Precision
+from kdlab.models.modes import eval_mode
 
 
 @dataclass(frozen=True)
@@ -140,18 +141,15 @@ def evaluate_model(model: nn.Module, data: BatchSource, precision: Precision,
     """Top-1, NLL and ECE of ``model`` over one pass of ``data``, reduced across DDP ranks; with a
     ``reference`` (inputs -> logits), also agreement with it and the KL from it; with a ``breakdown``,
     per-class (and per-group) top-1."""
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
     meter = ClassificationMeter(device=next(model.parameters()).device, breakdown=breakdown)
     data.set_epoch(0)
-    for batch in data:
-        inputs = batch.inputs
-        if inputs.dim() == 4:
-            inputs = inputs.contiguous(memory_format=memory_format)
-        with precision.autocast():
-            logits = model(inputs)
-            ref = reference(inputs) if reference is not None else None
-        meter.update(logits, batch.targets, ref)
-    for module, training in modes:
-        module.training = training
+    with eval_mode(model):
+        for batch in data:
+            inputs = batch.inputs
+            if inputs.dim() == 4:
+                inputs = inputs.contiguous(memory_format=memory_format)
+            with precision.autocast():
+                logits = model(inputs)
+                ref = reference(inputs) if reference is not None else None
+            meter.update(logits, batch.targets, ref)
     return meter.compute()

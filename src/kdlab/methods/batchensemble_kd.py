@@ -37,9 +37,10 @@ from torch import Tensor, nn
 from kdlab.data.batch import Batch
 from kdlab.ensemble import BatchEnsemble, ensemble_log_probs, merge_batchensemble
 from kdlab.methods.base import DistillContext, Distiller, DistillOutput
-from kdlab.methods.diversify import InputPerturber, PerturbParams, eval_mode
+from kdlab.methods.diversify import InputPerturber, PerturbParams
 from kdlab.methods.ensemble_kd import EnsembleTeacherMixin, ensemble_kd_loss, teacher_count
 from kdlab.methods.registry import register_method
+from kdlab.models.modes import eval_mode
 
 
 class BatchEnsembleKDParams(BaseModel):

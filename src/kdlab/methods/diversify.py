@@ -11,13 +11,12 @@ the global torch RNG, which checkpoints save, so resume stays exact.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from torch import Tensor, nn
+from torch import Tensor
 
 from kdlab.config.load import ConfigError
 from kdlab.ensemble import PixelRange, divergence_objective, ods_objective, perturb
@@ -33,18 +32,6 @@ class PerturbParams(BaseModel):
     steps: int = Field(1, ge=1)
     mode: Literal["replace", "append"] = "replace"
     clamp: bool = Field(True, description="clip perturbed inputs to the valid pixel range [0, 1]")
-
-
-@contextlib.contextmanager
-def eval_mode(module: nn.Module) -> Iterator[None]:
-    """Every submodule in eval mode inside the block; each one's own mode restored after."""
-    modes = [(m, m.training) for m in module.modules()]
-    module.eval()
-    try:
-        yield
-    finally:
-        for m, mode in modes:
-            m.training = mode
 
 
 class InputPerturber:

@@ -30,21 +30,20 @@ always decided by the look-ahead rule; the validation loss is the mean over the 
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
-from torch import Tensor, nn
+from torch import Tensor
 
 from kdlab.config.load import ConfigError
 from kdlab.engine import distributed
 from kdlab.engine.averaging.base import AveragingStrategy, register_strategy
 from kdlab.engine.averaging.weights import RunningMean
+from kdlab.models.modes import eval_mode
 
 if TYPE_CHECKING:
     from kdlab.engine.trainer import Trainer
@@ -117,18 +116,6 @@ class LossValley:
             self.end = self.decided
             self.decided += 1
         return included
-
-
-@contextlib.contextmanager
-def eval_mode(module: nn.Module) -> Iterator[None]:
-    """Every submodule in eval mode, each restored to its own previous mode afterwards."""
-    modes = [(m, m.training) for m in module.modules()]
-    module.eval()
-    try:
-        yield
-    finally:
-        for m, mode in modes:
-            m.training = mode
 
 
 @dataclass
