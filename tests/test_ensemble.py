@@ -354,6 +354,7 @@ def test_teacher_and_teachers_are_exclusive_and_tdiv_needs_two(digits_config, te
 
 def test_batchensemble_kd_with_perturbation_end_to_end_and_export(digits_config, teacher_files, tmp_path):
     from kdlab.cli.main import main
+    from kdlab.evaluate import evaluate_checkpoint
     from kdlab.export import export_student
 
     config = validate(digits_config(
@@ -372,6 +373,9 @@ def test_batchensemble_kd_with_perturbation_end_to_end_and_export(digits_config,
     assert any(k.endswith("r_offset") for k in last)
     offsets = [v for k, v in last.items() if k.endswith("s_offset")]
     assert any(v.abs().max() > 0 for v in offsets)  # the factors trained
+
+    evaluated = evaluate_checkpoint(result.run_dir / "last.pt")
+    assert evaluated["test"]["top1"] == pytest.approx(summary["test_last"]["top1"], abs=0.01)
 
     report = export_student(result.run_dir / "last.pt", tmp_path / "export")
     assert set(report["files"]) == {"state_dict", "torchscript", "onnx"}

@@ -10,7 +10,7 @@ from kdlab.config.load import apply_overrides, validate
 from kdlab.engine import checkpoint
 from kdlab.engine.metrics import evaluate_model
 from kdlab.engine.precision import resolve_precision
-from kdlab.run import build_data_for, build_network, checkpoint_path, resolve_device
+from kdlab.run import build_data_for, build_network, checkpoint_path, load_student, resolve_device
 
 
 def evaluate_checkpoint(location: str | Path, overrides: Sequence[str] = (),
@@ -24,8 +24,7 @@ def evaluate_checkpoint(location: str | Path, overrides: Sequence[str] = (),
     device = resolve_device(config.train.device)
     data = build_data_for(config, device)
     config.student.checkpoint = None
-    student = build_network(config.student, data, "student").to(device)
-    student.load_state_dict(checkpoint.student_state(state["model"]))
+    student = load_student(state, build_network(config.student, data, "student")).to(device)
     precision = resolve_precision(config.train.precision, device)
     results: dict[str, Any] = {"checkpoint": str(path), "step": state.get("step")}
     for split in splits or ["test"]:

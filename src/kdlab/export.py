@@ -33,8 +33,7 @@ from torch import Tensor, nn
 
 from kdlab.config.load import apply_overrides, validate
 from kdlab.engine import checkpoint
-from kdlab.ensemble import BatchEnsemble, merge_batchensemble
-from kdlab.run import build_data_for, build_network, checkpoint_path
+from kdlab.run import build_data_for, build_network, checkpoint_path, load_student
 
 FORMATS = ("state_dict", "torchscript", "onnx")
 ONNX_LOGGERS = ("onnxscript", "onnx_ir", "torch.onnx")
@@ -42,18 +41,6 @@ ONNX_LOGGERS = ("onnxscript", "onnx_ir", "torch.onnx")
 
 class ExportError(ValueError):
     """An export that could not be written or whose output differs from PyTorch's; one line."""
-
-
-def load_student(state: dict[str, Any], network: nn.Module) -> nn.Module:
-    """``network`` holding a checkpoint's student; a BatchEnsemble student is merged into it."""
-    weights = checkpoint.student_state(state["model"])
-    offsets = [v for k, v in weights.items() if k.endswith("r_offset")]
-    if offsets:
-        ensemble = BatchEnsemble(network, offsets[0].shape[0])
-        ensemble.load_state_dict(weights)
-        return merge_batchensemble(ensemble)
-    network.load_state_dict(weights)
-    return network
 
 
 def _check(name: str, got: Tensor, expected: Tensor, atol: float, rtol: float) -> float:

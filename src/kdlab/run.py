@@ -31,7 +31,7 @@ from kdlab.engine.averaging import MODEL_NAME, build_averager
 from kdlab.engine.callbacks import Callback
 from kdlab.engine.stages import StageClock, plan_stages
 from kdlab.engine.trainer import Trainer
-from kdlab.ensemble import TeacherEnsemble
+from kdlab.ensemble import BatchEnsemble, TeacherEnsemble, merge_batchensemble
 from kdlab.methods import DistillContext, Distiller, build_distiller
 from kdlab.models import build_model
 from kdlab.models.batchnorm import freeze_batchnorm
@@ -90,6 +90,18 @@ def load_weights(model: nn.Module, location: str | Path, key: str) -> None:
     except RuntimeError as exc:
         first = str(exc).split("\n\t")[1] if "\n\t" in str(exc) else str(exc).splitlines()[0]
         raise ConfigError(f"{key}: {path} does not fit {type(model).__name__}: {first}") from None
+
+
+def load_student(state: dict[str, Any], network: nn.Module) -> nn.Module:
+    """``network`` holding a checkpoint's student; a BatchEnsemble student is merged into it."""
+    weights = checkpoint.student_state(state["model"])
+    offsets = [v for k, v in weights.items() if k.endswith("r_offset")]
+    if offsets:
+        ensemble = BatchEnsemble(network, offsets[0].shape[0])
+        ensemble.load_state_dict(weights)
+        return merge_batchensemble(ensemble)
+    network.load_state_dict(weights)
+    return network
 
 
 def build_network(config: ModelConfig, data: DataBundle, key: str) -> nn.Module:
