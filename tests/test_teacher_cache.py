@@ -192,3 +192,16 @@ def test_feature_method_replays_cached_features(cache_config):
 def test_methods_that_cannot_use_the_cache_as_configured_are_refused(cache_config, method, features, match):
     with pytest.raises(ConfigError, match=match):
         fill_teacher_cache(cache_config(method=method, features=features))
+
+
+def test_dataloader_path_replays_cached_transform_seeds(cache_config):
+    config = cache_config()
+    config.data.device_resident = "off"
+    config.data.num_workers = 0
+    data, distiller = filled_and_replayed(config)
+    meta = json.loads((Path(config.teacher_cache.path) / "meta.json").read_text())
+    assert meta["augment"]["kind"] == "seeded"
+    data.train.set_epoch(1)
+    for batch in data.train:
+        live = distiller.teacher_logits(batch.inputs)
+        assert torch.allclose(batch.teacher["logits"], live, atol=2e-2, rtol=1e-3)

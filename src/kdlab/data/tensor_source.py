@@ -75,7 +75,7 @@ class TensorBatchSource:
             return torch.zeros(self.num_samples, 0, dtype=torch.int32)
         return torch.stack([d.int() for d in self.augment.draw(self.num_samples, generator)], dim=1)
 
-    def _view(self, indices: Tensor, draws: Tensor) -> Tensor:
+    def _view(self, indices: Tensor, draws: Tensor | None) -> Tensor:
         images = self.images.index_select(0, indices)
         if self.augment is not None:
             images = crop_flip(images, draws[:, 0], draws[:, 1], draws[:, 2].bool(), self.augment.padding)
@@ -99,19 +99,16 @@ class TensorBatchSource:
         order = self.plan.order(generator)
         positions = self.plan.positions()
         indices = order[positions].to(self.device, non_blocking=True)
-        params = None
+        draws = None
         if self.augment is not None:
             slots = self.plan.sample_slots(positions)
             drawn = self.augment.draw(self.num_samples, generator)
-            params = [p[slots].to(self.device, non_blocking=True) for p in drawn]
+            draws = torch.stack([d[slots].int() for d in drawn], dim=1).to(self.device, non_blocking=True)
         step = self.plan.rank_batch_size
         for start in range(0, len(indices), step):
             idx = indices[start : start + step]
-            images = self.images.index_select(0, idx)
-            if params is not None:
-                top, left, flip = (p[start : start + step] for p in params)
-                images = crop_flip(images, top, left, flip, self.augment.padding)
-            yield Batch(self.normalize(images), self.targets.index_select(0, idx), idx)
+            batch_draws = draws[start : start + step] if draws is not None else None
+            yield Batch(self._view(idx, batch_draws), self.targets.index_select(0, idx), idx)
 
     def _replayed(self) -> Iterator[Batch]:
         slab = self.replay.load(self.epoch)
