@@ -49,7 +49,9 @@ def cache_meta(config: RunConfig, signature: dict[str, Any]) -> dict[str, Any]:
 
 
 def _differing_key(existing: dict[str, Any], wanted: dict[str, Any]) -> str | None:
-    return next((key for key in wanted if existing.get(key) != wanted[key]), None)
+    """The first field the two caches must share but do not (the teacher's config is only a record:
+    its weights are compared by ``teacher_sha256``)."""
+    return next((key for key in wanted if key != "teacher" and existing.get(key) != wanted[key]), None)
 
 
 def _write_outputs(arrays: dict[str, np.memmap], epoch: int, rows: slice, logits: Tensor,

@@ -115,9 +115,8 @@ class CacheLayout:
 
     def missing_parts(self, meta: dict[str, Any]) -> int:
         done = {p.name for p in (self.root / "parts").iterdir()}
-        total = meta["epochs"] * num_chunks(meta)
-        return total - sum(1 for e in range(meta["epochs"]) for c in range(num_chunks(meta))
-                           if self.part_path(e, c).name in done)
+        return sum(1 for e in range(meta["epochs"]) for c in range(num_chunks(meta))
+                   if self.part_path(e, c).name not in done)
 
 
 def num_chunks(meta: dict[str, Any]) -> int:
