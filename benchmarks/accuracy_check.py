@@ -269,11 +269,7 @@ def main_parent(args: argparse.Namespace) -> None:
             f"{speedup:.2f}x, CPU {cpu_speedup:.2f}x (training loops only: no data decoding, model "
             "building or test evaluation)")
     print("\n" + text)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({
-        "benchmark": "kd_accuracy_check",
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+    benchlib.write_result(args.out, "kd_accuracy_check", {
         "machine": machine,
         "settings": settings,
         "phases": phases,
@@ -281,9 +277,7 @@ def main_parent(args: argparse.Namespace) -> None:
         "wall_speedup": round(speedup, 2),
         "cpu_time_speedup": round(cpu_speedup, 2),
         "table_markdown": table,
-        "total_s": round(total, 1),
-    }, indent=2) + "\n")
-    print(f"\nwrote {out}")
+    }, started)
 
 
 def int_list(text: str) -> list[int]:

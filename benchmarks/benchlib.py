@@ -152,6 +152,17 @@ def run_worker(argv: Sequence[str], log_path: Path, timeout: float | None = None
     return result
 
 
+def write_result(out: str | Path, benchmark: str, fields: dict[str, Any], started: float) -> None:
+    """Write a benchmark's JSON record: its name, the command line that ran it, ``fields`` and the total
+    seconds since ``started`` (a ``time.perf_counter()`` value)."""
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"benchmark": benchmark, "command": " ".join([Path(sys.executable).name, *sys.argv]), **fields,
+               "total_s": round(time.perf_counter() - started, 1)}
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    print(f"\nwrote {path}")
+
+
 def median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
 

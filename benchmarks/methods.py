@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -224,11 +223,7 @@ def main_parent(args: argparse.Namespace) -> None:
               f"{args.steps} timed steps per run, {args.repeats} interleaved repeats, medians (min..max); "
               f"total {time.perf_counter() - started:.0f} s\n")
     print("\n" + header + "\n" + table)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "benchmark": "method_cost",
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+    benchlib.write_result(args.out, "method_cost", {
         "machine": machine,
         "settings": {"teacher": TEACHER, "student": STUDENT, "num_classes": NUM_CLASSES, "batch_size": BATCH,
                      "warmup": args.warmup, "steps": args.steps, "repeats": args.repeats,
@@ -239,10 +234,7 @@ def main_parent(args: argparse.Namespace) -> None:
         "summary": stats,
         "runs": runs,
         "table_markdown": table,
-        "total_s": round(time.perf_counter() - started, 1),
-    }
-    out.write_text(json.dumps(payload, indent=2) + "\n")
-    print(f"\nwrote {out}")
+    }, started)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

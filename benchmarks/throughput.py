@@ -283,21 +283,14 @@ def main_parent(args: argparse.Namespace) -> None:
               f"{args.warmup} warm-up + {args.steps} timed steps per run, "
               f"{args.repeats} interleaved repeats, medians; total {time.perf_counter() - started:.0f} s\n")
     print("\n" + header + "\n" + table)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "benchmark": "kd_throughput",
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+    benchlib.write_result(args.out, "kd_throughput", {
         "machine": machine,
         "settings": settings,
         "summary": stats,
         "ratios": ratios,
         "runs": runs,
         "table_markdown": table,
-        "total_s": round(time.perf_counter() - started, 1),
-    }
-    out.write_text(json.dumps(payload, indent=2) + "\n")
-    print(f"\nwrote {out}")
+    }, started)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

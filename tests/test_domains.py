@@ -6,6 +6,7 @@ import torch
 from PIL import Image
 
 from kdlab.data import DatasetNotFoundError, build_data
+from kdlab.data.corruption import NoiseSpec
 from kdlab.data.domains import DOMAIN_SETS, BalancedPlan, read_domains, split_domain
 from kdlab.data.domains.mnist import rotate
 from tests.test_data import write_mnist
@@ -142,3 +143,5 @@ def test_bad_domain_options_are_named(mnist_root):
         build_data("colored_mnist", mnist_root, test_domains=[0, 1, 2], **options(batch_size=4))
     with pytest.raises(ValueError, match="domain_size"):
         build_data("rotated_mnist", mnist_root, subset=10, **options(batch_size=5))
+    with pytest.raises(ValueError, match="label noise and class imbalance are not supported"):
+        build_data("rotated_mnist", mnist_root, noise=NoiseSpec(rate=0.2), **options(batch_size=5))

@@ -120,6 +120,29 @@ def _loader_source(
     )
 
 
+@dataclass(frozen=True)
+class LoaderSettings:
+    """How a dataset's splits become batch sources: :func:`build_data`'s options that every dataset
+    shares (see its docstring), handed as one value to datasets that build their own bundle."""
+
+    batch_size: int
+    device: torch.device
+    seed: int
+    eval_batch_size: int = 256
+    val_fraction: float = 0.1
+    split_seed: int = 0
+    subset: int | None = None
+    augment: str = "default"
+    rank: int = 0
+    world_size: int = 1
+    num_workers: int = 2
+    device_resident: str = "auto"
+    image_size: int | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    drop_last: bool = True
+
+
 def build_data(
     name: str,
     root: str | Path | None,
@@ -166,20 +189,32 @@ def build_data(
     per-batch collectives during evaluation.
     """
     spec = DATASETS.get(name)
-    augment = _choice(augment, AUGMENT_MODES, "augment")
-    device_resident = _choice(device_resident, RESIDENCY_MODES, "device_resident")
+    settings = LoaderSettings(
+        batch_size=batch_size, device=torch.device(device), seed=seed, eval_batch_size=eval_batch_size,
+        val_fraction=val_fraction, split_seed=split_seed, subset=subset,
+        augment=_choice(augment, AUGMENT_MODES, "augment"), rank=rank, world_size=world_size,
+        num_workers=num_workers, device_resident=_choice(device_resident, RESIDENCY_MODES, "device_resident"),
+        image_size=image_size, mean=None if mean is None else tuple(mean),
+        std=None if std is None else tuple(std), drop_last=drop_last,
+    )
     if spec.bundle is not None:
-        return spec.bundle(
-            root, batch_size=batch_size, eval_batch_size=eval_batch_size, val_fraction=val_fraction,
-            split_seed=split_seed, subset=subset, augment=augment, device=device, seed=seed, rank=rank,
-            world_size=world_size, num_workers=num_workers, device_resident=device_resident,
-            image_size=image_size, mean=mean, std=std, drop_last=drop_last, **dataset_options,
-        )
+        if noise is not None or imbalance is not None:
+            raise ValueError(f"label noise and class imbalance are not supported for {name!r}: it builds "
+                             "its own domain splits; remove data.noise and data.imbalance")
+        return spec.bundle(root, settings, **dataset_options)
     if spec.needs_root and root is None:
         raise ValueError(f"dataset {name!r} is read from disk: pass its root folder")
-    raw = spec.load(root, image_size=image_size, **dataset_options)
-    train_pos, val_pos = split_train_val(raw.train.targets, val_fraction, split_seed)
-    train_pos = train_pos[take_subset(raw.train.targets[train_pos], subset, split_seed)]
+    return _build_split_dataset(spec, root, settings, noise, imbalance, dataset_options)
+
+
+def _build_split_dataset(
+    spec: DatasetSpec, root: str | Path | None, s: LoaderSettings, noise: NoiseSpec | None,
+    imbalance: ImbalanceSpec | None, dataset_options: dict[str, Any],
+) -> DataBundle:
+    """:func:`build_data` for a dataset read as one train/test pair (every dataset but the domain sets)."""
+    raw = spec.load(root, image_size=s.image_size, **dataset_options)
+    train_pos, val_pos = split_train_val(raw.train.targets, s.val_fraction, s.split_seed)
+    train_pos = train_pos[take_subset(raw.train.targets[train_pos], s.subset, s.split_seed)]
     corruption = None
     if noise is not None or imbalance is not None:
         corruption = corrupt_splits(raw.train.targets, train_pos, val_pos, list(raw.classes), noise,
@@ -190,26 +225,26 @@ def build_data(
     if corruption is not None:
         train = replace(train, targets=corruption.train_targets)
         val = replace(val, targets=corruption.val_targets) if val is not None else None
-    if drop_last and len(train) < batch_size:
-        raise ValueError(f"the training split has {len(train)} samples, fewer than batch_size {batch_size}")
+    if s.drop_last and len(train) < s.batch_size:
+        raise ValueError(f"the training split has {len(train)} samples, fewer than batch_size {s.batch_size}")
 
     decoded = train.decoded
-    resident = decoded if device_resident == "auto" else device_resident == "on"
+    resident = decoded if s.device_resident == "auto" else s.device_resident == "on"
     if resident and not decoded:
         raise ValueError(
             f"device_resident='on' needs decoded images, but {root} holds large images read lazily;"
             " use 'auto' or 'off', or set image_size <= 64 to decode them up front"
         )
-    norm_mean, norm_std = _normalization(mean, std, spec, train)
-    size = image_size or LARGE_IMAGE_SIZE
+    norm_mean, norm_std = _normalization(s.mean, s.std, spec, train)
+    size = s.image_size or LARGE_IMAGE_SIZE
     shape = tuple(train.images.shape[1:]) if decoded else (3, size, size)
     if len(norm_mean) != shape[0] or len(norm_std) != shape[0]:
         raise ValueError(f"mean/std have {len(norm_mean)}/{len(norm_std)} values for {shape[0]} channels")
-    common = _Common(norm_mean, norm_std, torch.device(device), seed, rank, world_size)
-    train_args = {"batch_size": batch_size, "shuffle": True, "drop_last": drop_last}
-    eval_args = {"batch_size": eval_batch_size, "shuffle": False}
+    common = _Common(norm_mean, norm_std, s.device, s.seed, s.rank, s.world_size)
+    train_args = {"batch_size": s.batch_size, "shuffle": True, "drop_last": s.drop_last}
+    eval_args = {"batch_size": s.eval_batch_size, "shuffle": False}
 
-    augmenting = _augments(augment, spec)
+    augmenting = _augments(s.augment, spec)
     if resident:
         crop = _crop_flip(spec, shape) if augmenting else None
         train_src: BatchSource = _tensor_source(train, common, augment=crop, **train_args)
@@ -222,9 +257,9 @@ def build_data(
         else:
             eval_tf = large_eval_transform(size)
             train_tf = large_train_transform(size) if augmenting else eval_tf
-        train_src = _loader_source(train, train_tf, common, num_workers, **train_args)
-        val_src = _loader_source(val, eval_tf, common, num_workers, **eval_args) if val is not None else None
-        test_src = _loader_source(raw.test, eval_tf, common, num_workers, **eval_args)
+        train_src = _loader_source(train, train_tf, common, s.num_workers, **train_args)
+        val_src = None if val is None else _loader_source(val, eval_tf, common, s.num_workers, **eval_args)
+        test_src = _loader_source(raw.test, eval_tf, common, s.num_workers, **eval_args)
 
     return DataBundle(
         train=train_src,

@@ -20,14 +20,12 @@ front and, like the MNIST variants, not augmented.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
 from torchvision.transforms import v2
 
-from kdlab.data.build import DataBundle
+from kdlab.data.build import DataBundle, LoaderSettings
 from kdlab.data.domains.balanced import DomainBalancedSource
 from kdlab.data.domains.catalog import DOMAIN_SETS, DomainSet
 from kdlab.data.domains.folders import read_domain_folders
@@ -85,23 +83,8 @@ def read_domains(name: str, root: str | Path, *, image_size: int | None, data_se
 def build_domain_data(
     name: str,
     root: str | Path | None,
+    s: LoaderSettings,
     *,
-    batch_size: int,
-    eval_batch_size: int = 256,
-    val_fraction: float = 0.2,
-    split_seed: int = 0,
-    subset: int | None = None,
-    augment: Literal["default", "none", "standard"] = "default",
-    device: torch.device | str,
-    seed: int,
-    rank: int = 0,
-    world_size: int = 1,
-    num_workers: int = 2,
-    device_resident: Literal["auto", "on", "off"] = "auto",
-    image_size: int | None = None,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
-    drop_last: bool = True,
     test_domains: Any = 0,
     target_split: Literal["in", "all"] = "in",
     domain_size: int | None = None,
@@ -112,48 +95,47 @@ def build_domain_data(
     spec = DOMAIN_SETS.get(name)
     if root is None:
         raise ValueError(f"dataset {name!r} is read from disk: pass its root folder (data.root)")
-    if subset is not None:
+    if s.subset is not None:
         raise ValueError("data.subset does not apply to domain datasets; use data.options.domain_size")
     if target_split not in ("in", "all"):
         raise ValueError(f"target_split must be 'in' or 'all'; got {target_split!r}")
-    if spec.kind == "mnist" and image_size is not None:
+    if spec.kind == "mnist" and s.image_size is not None:
         raise ValueError(f"{spec.title} images are 28x28; leave data.image_size unset")
     targets_idx = test_domain_indices(spec, test_domains)
-    parts, classes = read_domains(name, root, image_size=image_size, data_seed=data_seed,
+    parts, classes = read_domains(name, root, image_size=s.image_size, data_seed=data_seed,
                                   domain_size=domain_size)
-    splits = [split_domain(p.targets, val_fraction, split_seed, i) for i, p in enumerate(parts)]
+    splits = [split_domain(p.targets, s.val_fraction, s.split_seed, i) for i, p in enumerate(parts)]
     sources = [i for i in range(len(parts)) if i not in targets_idx]
     train_parts = [parts[i].select(splits[i].inside) for i in sources]
     train = concat(train_parts)
-    val = concat([parts[i].select(splits[i].out) for i in sources]) if val_fraction > 0 else None
+    val = concat([parts[i].select(splits[i].out) for i in sources]) if s.val_fraction > 0 else None
     test = concat([parts[i] if target_split == "all" else parts[i].select(splits[i].inside)
                    for i in targets_idx])
 
-    norm_mean = tuple(mean) if mean is not None else spec.mean
-    norm_std = tuple(std) if std is not None else spec.std
-    device = torch.device(device)
-    size = image_size or LARGE_IMAGE_SIZE
+    norm_mean = s.mean if s.mean is not None else spec.mean
+    norm_std = s.std if s.std is not None else spec.std
+    size = s.image_size or LARGE_IMAGE_SIZE
     shape = tuple(train.images.shape[1:]) if train.decoded else (3, size, size)
-    if train.decoded and device_resident == "off":
+    if train.decoded and s.device_resident == "off":
         raise ValueError("device_resident='off' is not supported for decoded domain datasets; use 'auto'")
-    if not train.decoded and device_resident == "on":
+    if not train.decoded and s.device_resident == "on":
         raise ValueError("device_resident='on' needs decoded images; set image_size <= 64 or use 'auto'")
     train_tf = None
     eval_tf = None
     if not train.decoded:
         eval_tf = domainbed_eval_transform(size)
-        train_tf = eval_tf if augment == "none" else domainbed_train_transform(size, crop_scale)
-    common = {"mean": norm_mean, "std": norm_std, "device": device, "seed": seed, "rank": rank,
-              "world_size": world_size}
-    train_src = DomainBalancedSource(train, [len(p) for p in train_parts], batch_size=batch_size,
-                                     transform=train_tf, num_workers=num_workers, **common)
+        train_tf = eval_tf if s.augment == "none" else domainbed_train_transform(size, crop_scale)
+    common = {"mean": norm_mean, "std": norm_std, "device": s.device, "seed": s.seed, "rank": s.rank,
+              "world_size": s.world_size}
+    train_src = DomainBalancedSource(train, [len(p) for p in train_parts], batch_size=s.batch_size,
+                                     transform=train_tf, num_workers=s.num_workers, **common)
 
     def eval_source(split: Split):
         if split.decoded:
-            return TensorBatchSource(split.images, split.targets, batch_size=eval_batch_size, shuffle=False,
+            return TensorBatchSource(split.images, split.targets, batch_size=s.eval_batch_size, shuffle=False,
                                      **common)
-        return LoaderBatchSource(SampleDataset(split, eval_tf), batch_size=eval_batch_size, shuffle=False,
-                                 num_workers=num_workers, **common)
+        return LoaderBatchSource(SampleDataset(split, eval_tf), batch_size=s.eval_batch_size, shuffle=False,
+                                 num_workers=s.num_workers, **common)
 
     return DataBundle(
         train=train_src,
