@@ -7,13 +7,14 @@ from torch import nn
 from kdlab.config import validate
 from kdlab.config.load import ConfigError
 from kdlab.data.batch import Batch
-from kdlab.engine import Callback, Trainer
+from kdlab.engine import Callback, Trainer, checkpoint
 from kdlab.engine.averaging import LossValley, recalibrate_bn
 from kdlab.engine.averaging.ema import EMAParams
 from kdlab.engine.averaging.swad import SWAD, SWADParams
 from kdlab.engine.checkpoint import load
+from kdlab.models import build_model
 from kdlab.models.batchnorm import freeze_batchnorm
-from kdlab.run import train
+from kdlab.run import checkpoint_path, load_weights, train
 
 STEPS = 12
 
@@ -168,7 +169,7 @@ class ScriptedSWAD(SWAD):
         return self.script.pop(0)
 
 
-def digits_trainer(digits_config, callbacks, steps):
+def digits_trainer(digits_config, callbacks, steps, run_dir=None):
     from kdlab.data import build_data
     from kdlab.methods import DistillContext, build_distiller
     from kdlab.models import build_model
@@ -181,7 +182,8 @@ def digits_trainer(digits_config, callbacks, steps):
     distiller = build_distiller(config.method, student, None,
                                 DistillContext(10, (1, 8, 8), data.train.num_samples))
     return Trainer(distiller, data.train, data.val, train=config.train, device=torch.device("cpu"),
-                   optim=config.optim, schedule=config.schedule, callbacks=callbacks, select_model="averaged")
+                   optim=config.optim, schedule=config.schedule, callbacks=callbacks, select_model="averaged",
+                   run_dir=run_dir)
 
 
 def test_swad_on_a_scripted_loss_sequence_averages_the_valley_and_stops_early(digits_config):
@@ -196,6 +198,25 @@ def test_swad_on_a_scripted_loss_sequence_averages_the_valley_and_stops_early(di
     actual = [p.double() for p in trainer.eval_models()["averaged"].parameters()]
     assert_close(actual, mean_of(recorder, range(4, 10)))
     assert swad.describe()["stopped_early_at"] == 15
+
+
+class CrashAtFitEnd(Callback):
+    def on_fit_end(self, trainer):
+        raise KeyboardInterrupt
+
+
+def test_swad_resumed_after_its_early_stop_stays_stopped(digits_config, tmp_path):
+    losses = [5.0, 4.0, 3.0, 2.0, 2.1, 2.2, 2.3, 2.4, 2.5, 9.0, 9.0, 9.0, 9.0, 9.0, 9.0, 9.0, 9.0]
+    first = digits_trainer(digits_config, [ScriptedSWAD(losses, nu=1), CrashAtFitEnd()], steps=40,
+                           run_dir=tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        first.fit()
+    assert load(tmp_path / "last.pt")["step"] == 15
+    swad = ScriptedSWAD([], nu=1)  # any further validation would pop from an empty script
+    resumed = digits_trainer(digits_config, [swad], steps=40, run_dir=tmp_path)
+    resumed.fit(resume_from=tmp_path / "last.pt")
+    assert resumed.step == 15 and swad.describe()["stopped_early_at"] == 15
+    assert (swad.first_step, swad.last_step, swad.iterates) == (4, 9, 6)
 
 
 def test_swad_without_convergence_returns_the_last_segment(digits_config):
@@ -220,9 +241,18 @@ def test_swad_run_averages_each_iterate_of_its_range_once(digits_config):
 
 
 # ---------------------------------------------------------------------------- resume
-@pytest.mark.parametrize("strategy", ["swad"])
+RESUME_PARAMS = {
+    "swad": {"nu": 3, "n_converge": 2, "n_tolerance": 3},
+    "wakd": {"start_fraction": 0.2},
+    "sma": {"start_step": 3},
+    "swa": {"start_fraction": 0.2, "cycle_steps": 2},
+    "ema": {"decay": 0.8, "start_step": 2},
+}
+
+
+@pytest.mark.parametrize("strategy", sorted(RESUME_PARAMS))
 def test_resume_restores_the_averaged_model_exactly(digits_config, strategy):
-    params = {"nu": 3, "n_converge": 2, "n_tolerance": 3} if strategy == "swad" else {"start_fraction": 0.2}
+    params = RESUME_PARAMS[strategy]
     full = run(digits_config, "full", strategy, params)
     config = validate(digits_config(
         name="cut", averaging={"strategy": strategy, "params": params},
@@ -241,6 +271,25 @@ def test_resume_restores_the_averaged_model_exactly(digits_config, strategy):
     best = load(cut_dir / "best.pt")
     assert best["best"]["model"] == "averaged"
     assert json.loads((cut_dir / "summary.json").read_text())["averaging"]["strategy"] == strategy
+
+
+@pytest.mark.parametrize(("strategy", "params", "result_file"), [
+    ("wakd", {"start_fraction": 0.25}, "averaged.pt"),
+    ("sma", {"start_step": 5}, "best.pt"),
+])
+def test_a_run_directory_means_the_model_its_summary_reports(digits_config, strategy, params, result_file):
+    result = run(digits_config, f"result-{strategy}", strategy, params)
+    assert result.summary["checkpoint"] == result_file
+    assert checkpoint_path(result.run_dir, "teacher.checkpoint") == result.run_dir / result_file
+    model = build_model("cnn_tiny", 10, in_channels=1, batchnorm=False)
+    load_weights(model, result.run_dir, "teacher.checkpoint")
+    if result_file == "averaged.pt":
+        expected = load(result.run_dir / "last.pt")["callbacks"]["averaging"]["model"]
+    else:
+        expected = checkpoint.student_state(load(result.run_dir / "best.pt")["model"])
+    assert all(torch.equal(v, expected[k]) for k, v in model.state_dict().items())
+    online = checkpoint.student_state(load(result.run_dir / "last.pt")["model"])
+    assert any(not torch.equal(v, online[k]) for k, v in model.state_dict().items())
 
 
 # ---------------------------------------------------------------------------- BatchNorm

@@ -49,6 +49,9 @@ def test_train_resume_and_eval(tmp_path, capsys, digits_config):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["selected"]["step"] == results["step"]
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["train"]["epochs"] == 2
+    assert main(["eval", str(run_dir), "student.name=cnn_small"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "best.pt does not fit SmallCNN" in err
 
 
 def test_resume_without_a_run_is_an_error(tmp_path, capsys):

@@ -161,12 +161,17 @@ def test_clean_validation_option_and_label_file_reuse(tmp_path):
     assert data.corruption.report["noise"]["realized_rate_val"] == 0.0
     path = tmp_path / "labels.pt"
     torch.save(data.corruption.record, path)
-    again = digits(NoiseSpec(rate=0.5, val="clean", seed=99, labels=str(path)))
-    assert torch.equal(again.train_targets, data.train_targets)  # the file wins over the seed
-    with pytest.raises(ValueError, match="does not cover"):
-        digits(NoiseSpec(rate=0.5, labels=str(path)))  # noisy val needs labels the file never drew
-    with pytest.raises(ValueError, match="rate 0.5, but the config asks for symmetric at rate 0.2"):
+    again = digits(NoiseSpec(rate=0.5, val="clean", labels=str(path)))
+    assert torch.equal(again.train_targets, data.train_targets)
+    with pytest.raises(ValueError, match="drawn with noise val='clean', but the config asks for 'noisy'"):
+        digits(NoiseSpec(rate=0.5, val="noisy", labels=str(path)))
+    with pytest.raises(ValueError, match="does not cover"):  # another validation carve
+        build_data("digits", None, batch_size=16, val_fraction=0.1, device="cpu", seed=0,
+                   noise=NoiseSpec(rate=0.5, val="clean", labels=str(path)))
+    with pytest.raises(ValueError, match="drawn with noise rate=0.5, but the config asks for 0.2"):
         digits(NoiseSpec(rate=0.2, val="clean", labels=str(path)))
+    with pytest.raises(ValueError, match="drawn with noise seed=0, but the config asks for 99"):
+        digits(NoiseSpec(rate=0.5, val="clean", seed=99, labels=str(path)))  # a stale file is refused
 
 
 def test_run_saves_labels_reports_groups_and_errors_name_the_key(digits_config, tmp_path):

@@ -1,8 +1,10 @@
+
 """The model zoo: reference parameter counts, stage presets, torchvision/timm building, weight files."""
 
 from __future__ import annotations
 
 import sys
+import urllib.error
 
 import pytest
 import torch
@@ -16,7 +18,6 @@ from kdlab.models import (
     build_model,
     list_models,
     stage_preset,
-    torchvision_zoo,
 )
 from kdlab.models.detect import detect_stage_preset
 from kdlab.models.registry import MODELS
@@ -131,17 +132,31 @@ def test_torchvision_resnet18_taps_on_cifar_input() -> None:
     assert shapes == [(64, 8, 8), (128, 4, 4), (256, 2, 2), (512, 1, 1), (512,)]
 
 
-def test_torchvision_pretrained_uses_default_weights_and_resizes_head(monkeypatch) -> None:
-    calls = []
-
-    def offline_get_model(name: str, weights=None, **kwargs):
-        calls.append(weights)
-        return torchvision.models.resnet18(weights=None, num_classes=len(weights.meta["categories"]))
-
-    monkeypatch.setattr(torchvision_zoo.tv_models, "get_model", offline_get_model)
+def test_torchvision_pretrained_reads_the_hub_cache_and_resizes_head(monkeypatch, tmp_path) -> None:
+    """Weights made here stand in the hub cache where torchvision downloads them; nothing is fetched."""
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path))
+    weights = torchvision.models.ResNet18_Weights.DEFAULT
+    torch.manual_seed(0)
+    made = torchvision.models.resnet18(weights=None)
+    (tmp_path / "checkpoints").mkdir()
+    torch.save(made.state_dict(), tmp_path / "checkpoints" / weights.url.rsplit("/", 1)[-1])
     model = build_model("torchvision:resnet18", num_classes=10, pretrained=True)
-    assert calls == [torchvision.models.ResNet18_Weights.DEFAULT]
+    assert torch.equal(model.conv1.weight, made.conv1.weight)
+    assert torch.equal(model.layer4[1].bn2.running_var, made.layer4[1].bn2.running_var)
     assert isinstance(model.fc, nn.Linear) and model.fc.out_features == 10
+
+
+def test_torchvision_pretrained_offline_names_the_file_and_where_to_put_it(monkeypatch, tmp_path) -> None:
+    def no_network(url, *args, **kwargs):
+        raise urllib.error.URLError("no route to host")
+
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    with pytest.raises(ValueError, match="could not be fetched") as info:
+        build_model("torchvision:resnet18", num_classes=10, pretrained=True)
+    url = torchvision.models.ResNet18_Weights.DEFAULT.url
+    message = str(info.value)
+    assert url in message and str(tmp_path / "checkpoints" / url.rsplit("/", 1)[-1]) in message
 
 
 def test_torchvision_head_detected_for_mobilenet() -> None:

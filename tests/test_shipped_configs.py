@@ -33,3 +33,44 @@ def test_benchmark_recipe_is_the_published_one():
     assert (config.train.epochs, config.data.batch_size, config.optim.lr) == (240, 64, 0.05)
     assert config.schedule.milestones == [150, 180, 210] and config.optim.weight_decay == 5e-4
     assert config.method.weights == {"ce": 0.1, "kd": 0.9} and config.method.params == {"temperature": 4}
+
+
+#: (classes, channels, image side) of each shipped config's dataset, for building its parts without data
+DATA_SHAPES = {"cifar100": (100, 3, 32), "cifar10": (10, 3, 32), "imagefolder": (10, 3, 32),
+               "mnist": (10, 1, 28), "pacs": (7, 3, 224), "office_home": (65, 3, 224),
+               "rotated_mnist": (10, 1, 28)}
+
+
+def random_network(config, classes, channels):
+    from kdlab.models import build_model
+
+    return build_model(config.name, classes, in_channels=channels, **config.kwargs)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(p.parents[1])))
+def test_shipped_config_builds_its_distiller_and_stages(path):
+    """Every layer a method taps and every module a stage freezes exists in the models the config names
+    (randomly initialised: no checkpoint or download is read)."""
+    import torch
+
+    from kdlab.data import build_data
+    from kdlab.engine.freeze import check_paths
+    from kdlab.engine.stages import plan_stages
+    from kdlab.ensemble import TeacherEnsemble
+    from kdlab.run import build_distiller_for
+
+    torch.manual_seed(0)
+    config = load_config(path)
+    classes, channels, side = DATA_SHAPES[config.data.name]
+    data = build_data("synthetic", None, batch_size=8, device="cpu", seed=0, num_classes=classes,
+                      channels=channels, image_size=side, num_train=2 * classes, num_test=8, val_fraction=0)
+    student = random_network(config.student, classes, channels)
+    teacher = None
+    if config.teacher is not None:
+        teacher = random_network(config.teacher, classes, channels)
+    elif config.teachers:
+        teacher = TeacherEnsemble([random_network(t, classes, channels) for t in config.teachers])
+    distiller = build_distiller_for(config, data, student=student, teacher=teacher)
+    for stage in plan_stages(config, None if config.stages else distiller.default_stages(config)):
+        check_paths(distiller, stage.freeze, f"stages.{stage.name}.freeze")
+        check_paths(distiller, stage.train_only or (), f"stages.{stage.name}.train_only")

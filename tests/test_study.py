@@ -112,6 +112,9 @@ def test_conditions_and_expansion(tmp_path):
         {"noise": [{"rates": [0, 0.2]}], "imbalance": [{"ratios": [1, 10]}], "cross": True}))
     assert [c.name for c in crossed] == ["clean", "imb-exponential-10", "noise-symmetric-0.2",
                                          "noise-symmetric-0.2_imb-exponential-10"]
+    with pytest.raises(ConfigError, match="both give condition 'noise-symmetric-0.2'"):
+        expand_conditions(ConditionsConfig.model_validate(
+            {"noise": [{"rates": [0.2]}, {"rates": [0.2], "include_true_class": True}]}))
     config = StudyConfig.model_validate(study_tree(tmp_path, seeds=[0, 1]))
     jobs = expand(config, tmp_path, tmp_path / "s")
     teachers = [j for j in jobs if j.role == "teacher"]

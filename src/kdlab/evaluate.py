@@ -24,7 +24,7 @@ def evaluate_checkpoint(location: str | Path, overrides: Sequence[str] = (),
     device = resolve_device(config.train.device)
     data = build_data_for(config, device)
     config.student.checkpoint = None
-    student = load_student(state, build_network(config.student, data, "student")).to(device)
+    student = load_student(state, build_network(config.student, data, "student"), str(path)).to(device)
     precision = resolve_precision(config.train.precision, device)
     results: dict[str, Any] = {"checkpoint": str(path), "step": state.get("step")}
     for split in splits or ["test"]:

@@ -51,8 +51,21 @@ def _check(name: str, got: Tensor, expected: Tensor, atol: float, rtol: float) -
     return float(diff.max())
 
 
+@contextlib.contextmanager
+def _export_step(name: str) -> Iterator[None]:
+    """A converter's failure (an operator it does not support, say) as one :class:`ExportError` line."""
+    try:
+        yield
+    except (ExportError, ImportError):
+        raise
+    except Exception as exc:  # the converters raise many types; each is this model not exporting
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise ExportError(f"{name} export failed ({type(exc).__name__}: {first}); export the other formats "
+                          f"with --format, e.g. --format state_dict") from None
+
+
 def _torchscript(model: nn.Module, batch: Tensor, path: Path) -> Tensor:
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _export_step("TorchScript"):
         warnings.simplefilter("ignore", FutureWarning)
         torch.jit.trace(model, (batch,)).save(str(path))
         with torch.no_grad():
@@ -83,13 +96,15 @@ def _onnx(model: nn.Module, batch: Tensor, path: Path) -> Tensor:
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _quiet_loggers(*ONNX_LOGGERS):
         warnings.simplefilter("ignore")
         try:
-            torch.onnx.export(model, (batch,), str(path), dynamo=True, verbose=False, external_data=False,
-                              input_names=["input"], output_names=["logits"],
-                              dynamic_shapes=({0: batch_dim},))
+            with _export_step("ONNX"):
+                torch.onnx.export(model, (batch,), str(path), dynamo=True, verbose=False, external_data=False,
+                                  input_names=["input"], output_names=["logits"],
+                                  dynamic_shapes=({0: batch_dim},))
         except ImportError as exc:
             raise ExportError(f"ONNX export needs {exc.name}: pip install 'kdlab[export]'") from None
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    (logits,) = session.run(["logits"], {"input": batch.numpy()})
+    with _export_step("ONNX"):
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        (logits,) = session.run(["logits"], {"input": batch.numpy()})
     return torch.from_numpy(logits)
 
 
@@ -108,7 +123,7 @@ def export_student(location: str | Path, out_dir: str | Path, overrides: Sequenc
     config.train.device = "cpu"
     data = build_data_for(config, torch.device("cpu"))
     config.student.checkpoint = None
-    model = load_student(state, build_network(config.student, data, "student")).eval()
+    model = load_student(state, build_network(config.student, data, "student"), str(path)).eval()
     data.test.set_epoch(0)
     batch = next(iter(data.test)).inputs[:check_batch].float().contiguous()
     with torch.no_grad():

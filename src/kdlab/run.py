@@ -3,7 +3,13 @@
 This is what ``kdlab train`` and the Python API call. A run directory holds ``config.yaml`` (the
 resolved config), ``metrics.jsonl``, ``last.pt``, ``best.pt`` and, when training ends,
 ``summary.json``. The test split is evaluated only here, after training: for the last model and for
-the model selected on validation (``best.pt``).
+the model selected on validation (``best.pt``). A run whose weight-averaging strategy reports the
+final average (swa, ema, swad, wakd) also writes that model to ``averaged.pt`` when training ends.
+
+A run directory, wherever one is accepted in place of a checkpoint (``teacher.checkpoint``,
+``kdlab eval``, ``kdlab export``), means the model its summary reports as the run's result:
+``averaged.pt`` when present, else ``best.pt``, else ``last.pt`` (whose ``model`` is the online
+student, also under averaging). ``summary.json`` names that file under ``checkpoint``.
 """
 
 from __future__ import annotations
@@ -27,10 +33,10 @@ from kdlab.config.schema import ModelConfig, RunConfig
 from kdlab.data import DataBundle, build_data
 from kdlab.data.corruption import CorruptionError
 from kdlab.engine import checkpoint, distributed
-from kdlab.engine.averaging import MODEL_NAME, build_averager
+from kdlab.engine.averaging import MODEL_NAME, AveragingStrategy, build_averager
 from kdlab.engine.callbacks import Callback
 from kdlab.engine.stages import StageClock, plan_stages
-from kdlab.engine.trainer import Trainer
+from kdlab.engine.trainer import CHECKPOINT_FORMAT, Trainer
 from kdlab.ensemble import BatchEnsemble, TeacherEnsemble, merge_batchensemble
 from kdlab.methods import DistillContext, Distiller, build_distiller
 from kdlab.models import build_model
@@ -67,14 +73,19 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+#: the files a run directory can mean, in order of preference (see the module docstring)
+RUN_CHECKPOINTS = ("averaged.pt", "best.pt", "last.pt")
+
+
 def checkpoint_path(location: str | Path, key: str) -> Path:
-    """A run directory means its ``best.pt`` (or ``last.pt`` if there is no best); a file is itself."""
+    """A run directory means its result checkpoint (the first of ``RUN_CHECKPOINTS`` it holds); a file is
+    itself."""
     path = Path(location)
     if path.is_dir():
-        for candidate in ("best.pt", "last.pt"):
+        for candidate in RUN_CHECKPOINTS:
             if (path / candidate).is_file():
                 return path / candidate
-        raise ConfigError(f"{key}: {path} is a directory without best.pt or last.pt")
+        raise ConfigError(f"{key}: {path} is a directory without {', '.join(RUN_CHECKPOINTS)}")
     if not path.is_file():
         raise ConfigError(f"{key}: {path} not found (expected a kdlab run directory or checkpoint file)")
     return path
@@ -85,22 +96,27 @@ def load_weights(model: nn.Module, location: str | Path, key: str) -> None:
     path = checkpoint_path(location, key)
     state = checkpoint.load(path)
     weights = checkpoint.student_state(state["model"]) if isinstance(state.get("model"), dict) else state
+    fit_weights(model, weights, f"{key}: {path}")
+
+
+def fit_weights(model: nn.Module, weights: dict[str, Any], where: str) -> None:
+    """``model.load_state_dict(weights)``, a mismatch as one line starting with ``where``."""
     try:
         model.load_state_dict(weights)
     except RuntimeError as exc:
         first = str(exc).split("\n\t")[1] if "\n\t" in str(exc) else str(exc).splitlines()[0]
-        raise ConfigError(f"{key}: {path} does not fit {type(model).__name__}: {first}") from None
+        raise ConfigError(f"{where} does not fit {type(model).__name__}: {first}") from None
 
 
-def load_student(state: dict[str, Any], network: nn.Module) -> nn.Module:
+def load_student(state: dict[str, Any], network: nn.Module, where: str = "checkpoint") -> nn.Module:
     """``network`` holding a checkpoint's student; a BatchEnsemble student is merged into it."""
     weights = checkpoint.student_state(state["model"])
     offsets = [v for k, v in weights.items() if k.endswith("r_offset")]
     if offsets:
         ensemble = BatchEnsemble(network, offsets[0].shape[0])
-        ensemble.load_state_dict(weights)
+        fit_weights(ensemble, weights, where)
         return merge_batchensemble(ensemble)
-    network.load_state_dict(weights)
+    fit_weights(network, weights, where)
     return network
 
 
@@ -281,8 +297,20 @@ def train(
     if replay is not None:
         summary["teacher_cache"] = replay.describe(trainer.epoch)
     if run_dir is not None and distributed.is_main():
+        summary["checkpoint"] = save_result_checkpoint(trainer, run_dir, averager)
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return RunResult(run_dir, summary, trainer.distiller.student)
+
+
+def save_result_checkpoint(trainer: Trainer, run_dir: Path, averager: AveragingStrategy | None) -> str:
+    """Write ``averaged.pt`` when the run's result is the final average; the name of the result's file."""
+    if averager is not None and averager.report == "last":
+        model = trainer.eval_models()[MODEL_NAME]
+        weights = {f"student.{k}": v for k, v in model.state_dict().items()}
+        state = {"model": weights, "config": trainer.config, "step": trainer.step,
+                 "averaging": averager.describe(), "format": CHECKPOINT_FORMAT}
+        checkpoint.save_atomic(state, run_dir / "averaged.pt")
+    return next(name for name in RUN_CHECKPOINTS if (run_dir / name).is_file())
 
 
 def summarize(trainer: Trainer, data: DataBundle, final_val: dict[str, dict[str, float]],

@@ -1,15 +1,18 @@
 """Stock torchvision classifiers by name (``torchvision:NAME``), with their heads resized.
 
 Weights come from torchvision's weights API: ``pretrained=True`` takes
-``get_model_weights(NAME).DEFAULT`` (downloaded to the torch hub cache on first use); a path loads a
-state dict saved from the same architecture.
+``get_model_weights(NAME).DEFAULT``, read from torch's hub cache (``$TORCH_HOME/hub/checkpoints``),
+where torchvision downloads it on first use; offline, a copy of the file placed there works the same.
+A path loads a state dict saved from the same architecture.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 from torchvision import models as tv_models
 
@@ -41,6 +44,21 @@ def classifier_path(name: str, model: nn.Module) -> str:
     return "fc" if name.startswith(RESNET_FAMILIES) else last_linear(model)
 
 
+def default_weights(name: str) -> tv_models.WeightsEnum:
+    """torchvision's default weights of ``name``, present in torch's hub cache (downloaded if not):
+    a failed download is one line saying where to put the file instead."""
+    weights = tv_models.get_model_weights(name).DEFAULT
+    try:
+        weights.get_state_dict(progress=False)
+    except (OSError, RuntimeError) as exc:
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / weights.url.rsplit("/", 1)[-1]
+        raise ValueError(
+            f"pretrained weights of torchvision model {name!r} could not be fetched ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:200]}); without internet, copy the file {weights.url} to {cached}, "
+            "or set pretrained to the path of a saved state_dict") from None
+    return weights
+
+
 def build_torchvision(
     name: str,
     num_classes: int,
@@ -52,8 +70,7 @@ def build_torchvision(
     _check_name(name)
     try:
         if pretrained is True:
-            weights = tv_models.get_model_weights(name).DEFAULT
-            model = tv_models.get_model(name, weights=weights, **kwargs)
+            model = tv_models.get_model(name, weights=default_weights(name), **kwargs)
         else:
             model = tv_models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
     except TypeError as err:

@@ -95,7 +95,12 @@ def expand_conditions(config: ConditionsConfig) -> list[Condition]:
     conditions: dict[str, Condition] = {}
     for noise, imbalance in combos:
         condition = _condition(noise, imbalance)
-        conditions.setdefault(condition.name, condition)
+        seen = conditions.setdefault(condition.name, condition)
+        if seen != condition:
+            raise ConfigError(f"conditions: two axes both give condition {condition.name!r} but differ in "
+                              "their other settings (flip_map, include_true_class, val, minority_fraction or "
+                              "groups); a condition is named by its type and rate only, so put such axes "
+                              "in separate studies")
     return sorted(conditions.values(), key=lambda c: c.name != "clean")
 
 
@@ -166,13 +171,21 @@ def expand(study: StudyConfig, folder: Path, study_dir: Path) -> list[Job]:
                         if teacher.id not in teachers:
                             teachers[teacher.id] = teacher
                             fresh.append(teacher)
-                        path = runs_dir / teacher.id
-                        job.tree["teacher"] = {"name": pair.teacher, "checkpoint": str(
-                            path / "last.pt" if study.teacher.checkpoint == "last" else path)}
+                        checkpoint = _teacher_checkpoint(study, runs_dir, teacher)
+                        job.tree["teacher"] = {"name": pair.teacher, "checkpoint": str(checkpoint)}
                         job.depends = teacher.id
                     students.append(job)
         jobs += fresh + students
     return jobs
+
+
+def _teacher_checkpoint(study: StudyConfig, runs_dir: Path, teacher: Job) -> Path:
+    """``teacher.checkpoint``: ``best`` is the run directory (its result: the validation-selected model,
+    or the final average of a weight-averaged run); ``last`` its ``last.pt``, unless the teacher averages
+    weights, whose last model is the average (the directory again)."""
+    path = runs_dir / teacher.id
+    averaged = (teacher.tree.get("averaging") or {}).get("strategy", "none") != "none"
+    return path / "last.pt" if study.teacher.checkpoint == "last" and not averaged else path
 
 
 def _method(methods: Any, name: str) -> Any:

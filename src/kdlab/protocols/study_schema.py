@@ -103,7 +103,9 @@ class TeacherPolicy(Section):
 
     data: Literal["corrupted", "clean"] = "corrupted"
     per_seed: bool = Field(True, description="one teacher per seed; false: the first seed's teacher for all")
-    checkpoint: Literal["best", "last"] = Field("best", description="the validation-selected or last weights")
+    checkpoint: Literal["best", "last"] = Field(
+        "best", description="best: the teacher run's result (validation-selected, or its final average under "
+                            "weight averaging); last: its last weights")
     overrides: dict[str, Any] = Field(default_factory=dict, description="dotted keys for teacher runs only")
 
 

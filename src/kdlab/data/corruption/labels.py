@@ -31,7 +31,8 @@ def make_record(clean: Tensor, noisy_full: Tensor, covered: Tensor, noise: dict[
 
 
 def load_record(path: str | Path, clean: Tensor, noise: dict[str, Any]) -> dict[str, Any]:
-    """Read ``path`` and check it belongs to this dataset and these noise settings (``ValueError`` if not)."""
+    """Read ``path`` and check it belongs to this dataset and was drawn with exactly these noise settings
+    (type, rate, seed, flip map, ...): ``ValueError`` naming the first that differs if not."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"labels: {path} not found (expected a noisy_labels.pt from a kdlab run or study)")
@@ -50,10 +51,10 @@ def load_record(path: str | Path, clean: Tensor, noise: dict[str, Any]) -> dict[
     if bool(((labels < 0) | (labels >= num_classes)).any()):
         raise ValueError(f"labels: {path} holds labels outside 0..{num_classes - 1}")
     saved = record["noise"]
-    for key in ("type", "rate"):
-        if saved.get(key) != noise.get(key):
-            raise ValueError(f"labels: {path} holds {saved.get('type')} noise at rate {saved.get('rate')}, "
-                             f"but the config asks for {noise.get('type')} at rate {noise.get('rate')}")
+    for key, wanted in noise.items():
+        if saved.get(key) != wanted:
+            raise ValueError(f"labels: {path} was drawn with noise {key}={saved.get(key)!r}, but the config "
+                             f"asks for {wanted!r}; delete the file to draw it again, or match the settings")
     if not isinstance(covered, Tensor) or covered.dtype != torch.bool:
         raise ValueError(f"labels: {path} has no coverage mask")
     return record

@@ -172,6 +172,12 @@ class SWAD(AveragingStrategy):
         return float(total[0] / total[1])
 
     # ------------------------------------------------------------------ the schedule
+    def on_fit_start(self, trainer: Trainer) -> None:
+        """As the base class; a run resumed after the valley ended stays stopped."""
+        super().on_fit_start(trainer)
+        if self.stopped_early_at is not None:
+            trainer.should_stop = True
+
     def on_step_end(self, trainer: Trainer) -> None:
         if self.finished:
             return
