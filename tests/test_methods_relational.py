@@ -298,6 +298,15 @@ def test_method_trains_on_cifar_sized_pairs(digits_config, name, student, teache
     assert result.summary["steps"] == 2
 
 
+@pytest.mark.parametrize("name", METHODS)
+def test_method_trains_on_the_stock_torchvision_pair(digits_config, name):
+    """resnet18 -> mobilenet_v3_small as torchvision builds them: taps from the detected presets."""
+    config = synthetic(digits_config, name, "torchvision:mobilenet_v3_small", "torchvision:resnet18",
+                       SMALL.get(name, {}))
+    result = train(config, teacher=build_model("torchvision:resnet18", 10).eval())
+    assert result.summary["steps"] == 2 and result.summary["extra_params"] >= 0
+
+
 def test_crd_queue_and_infonce_train(digits_config):
     config = synthetic(digits_config, "crd", "shufflenetv2", "resnet8",
                        {"memory": "queue", "queue_size": 12, "objective": "infonce", "negatives": "uniform"},
