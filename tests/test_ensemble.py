@@ -259,6 +259,26 @@ def test_meter_reports_agreement_and_kl_to_a_reference():
     assert "agreement" not in plain.compute()
 
 
+def test_meter_nll_and_ece_by_hand():
+    """ECE = sum over bins of |sum(confidence) - sum(correct)| / N; NLL = mean -log p(true class)."""
+    probs = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.45, 0.55]])
+    targets = torch.tensor([0, 0, 0, 0])
+    meter = ClassificationMeter(num_bins=2)
+    for half in (slice(0, 2), slice(2, 4)):  # sums over batches: the split must not matter
+        meter.update(probs[half].log(), targets[half])
+    result = meter.compute()
+    nll = -(torch.tensor([0.9, 0.2, 0.6, 0.45]).log().mean())
+    # bin [0, 0.5): none; bin [0.5, 1]: confidences 0.9, 0.8, 0.6, 0.55, hits 1, 0, 1, 0
+    ece = abs((0.9 + 0.8 + 0.6 + 0.55) - 2) / 4
+    assert result["top1"] == 50.0 and result["n"] == 4
+    assert result["nll"] == pytest.approx(float(nll), rel=1e-6)
+    assert result["ece"] == pytest.approx(100 * ece, rel=1e-6)
+    binned = ClassificationMeter(num_bins=4)  # bins of 0.25: 0.55, 0.6 in [0.5, 0.75); 0.8, 0.9 above
+    binned.update(probs.log(), targets)
+    expected = (abs(0.55 + 0.6 - 1) + abs(0.8 + 0.9 - 1)) / 4
+    assert binned.compute()["ece"] == pytest.approx(100 * expected, rel=1e-6)
+
+
 def test_ensemble_kd_loss_is_the_teacher_average():
     torch.manual_seed(8)
     student, teacher = torch.randn(3, 5), torch.randn(4, 3, 5)

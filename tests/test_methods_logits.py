@@ -85,6 +85,13 @@ def test_dkd_warmup_is_mdistillers_one_based_epoch_factor():
             expected = dkd_loss(dkd.student(b.inputs), dkd.teacher(b.inputs), b.targets, 1.0, 6.0, 4.0)
         torch.testing.assert_close(out.losses["dkd"], factor * expected)
     assert dkd.weights == {"ce": 1.0, "dkd": 1.0}
+    teacher = dkd.teacher
+    running = [m.running_mean.clone() for m in teacher.modules() if hasattr(m, "running_mean")]
+    dkd.weighted_total(dkd(b).losses).backward()
+    assert all(p.grad is not None for p in dkd.student.parameters())
+    assert all(p.grad is None for p in teacher.parameters()) and not teacher.training
+    after = [m.running_mean for m in teacher.modules() if hasattr(m, "running_mean")]
+    assert all(torch.equal(a, r) for a, r in zip(after, running, strict=True))
 
 
 # ----------------------------------------------------------------------------------------------- BSS
