@@ -52,9 +52,10 @@ def default_weights(name: str) -> tv_models.WeightsEnum:
         weights.get_state_dict(progress=False)
     except (OSError, RuntimeError) as exc:
         cached = Path(torch.hub.get_dir()) / "checkpoints" / weights.url.rsplit("/", 1)[-1]
+        reason = (str(exc).splitlines() or [""])[0][:200]
         raise ValueError(
             f"pretrained weights of torchvision model {name!r} could not be fetched ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0][:200]}); without internet, copy the file {weights.url} to {cached}, "
+            f"{reason}); without internet, copy the file {weights.url} to {cached}, "
             "or set pretrained to the path of a saved state_dict") from None
     return weights
 
