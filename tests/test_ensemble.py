@@ -14,7 +14,7 @@ from torch import nn
 from kdlab.config import validate
 from kdlab.config.load import ConfigError
 from kdlab.config.schema import MethodConfig
-from kdlab.data import Batch
+from kdlab.data import Batch, build_data
 from kdlab.engine.checkpoint import load
 from kdlab.engine.metrics import ClassificationMeter
 from kdlab.ensemble import (
@@ -386,6 +386,16 @@ def test_batchensemble_kd_with_perturbation_end_to_end_and_export(digits_config,
     summary = json.loads((result.run_dir / "summary.json").read_text())
     assert summary["model"] == "merged"
     assert {"top1", "nll", "ece", "agreement", "kl"} <= set(summary["test_selected"])
+    members = [build_model("cnn_tiny", num_classes=10).eval() for _ in teacher_files]
+    for member, path in zip(members, teacher_files, strict=True):
+        member.load_state_dict(torch.load(path, weights_only=True))
+    ensemble = TeacherEnsemble(members)
+    data = build_data("digits", None, batch_size=64, val_fraction=0.2, subset=256, device="cpu", seed=0)
+    with torch.no_grad():
+        test = [(ensemble(b.inputs), b.targets) for b in data.test]
+    mean_prediction = torch.cat([p for p, _ in test]).argmax(1) == torch.cat([y for _, y in test])
+    assert summary["reference_test"]["top1"] == pytest.approx(100 * mean_prediction.double().mean().item())
+    assert {"nll", "ece"} <= set(summary["reference_test"])
     best = load(result.run_dir / "best.pt")["model"]
     plain = build_model("cnn_tiny", num_classes=10)
     plain.load_state_dict({k.removeprefix("student."): v for k, v in best.items()})

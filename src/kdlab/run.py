@@ -35,6 +35,7 @@ from kdlab.data.corruption import CorruptionError
 from kdlab.engine import checkpoint, distributed
 from kdlab.engine.averaging import MODEL_NAME, AveragingStrategy, build_averager
 from kdlab.engine.callbacks import Callback
+from kdlab.engine.metrics import evaluate_logits
 from kdlab.engine.stages import StageClock, plan_stages
 from kdlab.engine.trainer import CHECKPOINT_FORMAT, Trainer
 from kdlab.ensemble import BatchEnsemble, TeacherEnsemble, merge_batchensemble
@@ -315,7 +316,9 @@ def save_result_checkpoint(trainer: Trainer, run_dir: Path, averager: AveragingS
 
 def summarize(trainer: Trainer, data: DataBundle, final_val: dict[str, dict[str, float]],
               wall: float) -> dict[str, Any]:
-    """Test metrics of the last and of the validation-selected model, with the run's costs."""
+    """Test metrics of the last and of the validation-selected model, with the run's costs; for a method
+    whose evaluations compare against a reference (a teacher ensemble's mean prediction), that
+    reference's own test metrics as ``reference_test``."""
     models = trainer.eval_models()
     selected = trainer.select_model
     test_last = trainer.evaluate(models[selected], data.test)
@@ -327,6 +330,11 @@ def summarize(trainer: Trainer, data: DataBundle, final_val: dict[str, dict[str,
         test_selected = trainer.evaluate(model, data.test)
         model.load_state_dict(current)
     student = trainer.distiller.student
+    reference = trainer.distiller.eval_reference()
+    extra = {}
+    if reference is not None:
+        extra["reference_test"] = evaluate_logits(reference, data.test, trainer.precision, trainer.device,
+                                                  trainer.memory_format, breakdown=trainer.class_breakdown)
     return {
         "method": type(trainer.distiller).__name__,
         "model": selected,
@@ -343,4 +351,5 @@ def summarize(trainer: Trainer, data: DataBundle, final_val: dict[str, dict[str,
         "img_per_s": round(trainer.images_per_second, 1),
         "precision": trainer.precision.name,
         "world_size": distributed.world_size(),
+        **extra,
     }

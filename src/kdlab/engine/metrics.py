@@ -141,15 +141,26 @@ def evaluate_model(model: nn.Module, data: BatchSource, precision: Precision,
     """Top-1, NLL and ECE of ``model`` over one pass of ``data``, reduced across DDP ranks; with a
     ``reference`` (inputs -> logits), also agreement with it and the KL from it; with a ``breakdown``,
     per-class (and per-group) top-1."""
-    meter = ClassificationMeter(device=next(model.parameters()).device, breakdown=breakdown)
-    data.set_epoch(0)
     with eval_mode(model):
-        for batch in data:
-            inputs = batch.inputs
-            if inputs.dim() == 4:
-                inputs = inputs.contiguous(memory_format=memory_format)
-            with precision.autocast():
-                logits = model(inputs)
-                ref = reference(inputs) if reference is not None else None
-            meter.update(logits, batch.targets, ref)
+        return evaluate_logits(model, data, precision, next(model.parameters()).device, memory_format,
+                               reference, breakdown)
+
+
+@torch.no_grad()
+def evaluate_logits(predict: Callable[[Tensor], Tensor], data: BatchSource, precision: Precision,
+                    device: torch.device, memory_format: torch.memory_format = torch.contiguous_format,
+                    reference: Callable[[Tensor], Tensor] | None = None,
+                    breakdown: ClassBreakdown | None = None) -> dict[str, float]:
+    """:func:`evaluate_model` for any ``predict`` (inputs -> logits), e.g. a teacher ensemble's
+    prediction ``log mean_i softmax(z_i)``; the caller sets the modes of the models behind it."""
+    meter = ClassificationMeter(device=device, breakdown=breakdown)
+    data.set_epoch(0)
+    for batch in data:
+        inputs = batch.inputs
+        if inputs.dim() == 4:
+            inputs = inputs.contiguous(memory_format=memory_format)
+        with precision.autocast():
+            logits = predict(inputs)
+            ref = reference(inputs) if reference is not None else None
+        meter.update(logits, batch.targets, ref)
     return meter.compute()
