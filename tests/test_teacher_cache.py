@@ -205,3 +205,48 @@ def test_dataloader_path_replays_cached_transform_seeds(cache_config):
     for batch in data.train:
         live = distiller.teacher_logits(batch.inputs)
         assert torch.allclose(batch.teacher["logits"], live, atol=2e-2, rtol=1e-3)
+
+
+@pytest.fixture
+def ensemble_cache_config(digits_config, teacher_weights, tmp_path):
+    def make(method="ensemble_kd", params=None, **cache):
+        return validate(digits_config(
+            data={"augment": "standard", "val_fraction": 0.2},
+            method={"name": method, "params": params or {}},
+            teachers=[{"name": "cnn_small", "checkpoint": teacher_weights(seed)} for seed in (0, 1, 2)],
+            teacher_cache={"path": str(tmp_path / "cache"), "epochs": 2, "batch_size": 32, **cache},
+            train={"epochs": 2},
+        ))
+
+    return make
+
+
+@pytest.mark.parametrize("method", ["ensemble_kd", "batchensemble_kd"])
+def test_ensemble_methods_replay_every_members_cached_logits(ensemble_cache_config, method):
+    config = ensemble_cache_config(method)
+    data, distiller = filled_and_replayed(config)
+    root = Path(config.teacher_cache.path)
+    meta = json.loads((root / "meta.json").read_text())
+    n, e, p = meta["num_samples"], meta["epochs"], meta["augment"]["width"]
+    assert meta["members"] == 3 and cache_bytes(meta) == e * n * (4 * p + 2 * 3 * 10)
+    assert CacheLayout(root).open_arrays(meta)["logits"].shape == (e, n, 3, 10)
+    data.train.set_epoch(1)
+    batch = next(iter(data.train))
+    live = distiller.teacher_members(batch.inputs)
+    assert batch.teacher["members"].shape == live.shape == (3, len(batch.inputs), 10)
+    assert torch.allclose(batch.teacher["members"], live, atol=2e-2, rtol=1e-3)
+    for teacher in distiller.teacher.members:
+        teacher.register_forward_pre_hook(lambda *_: pytest.fail("a teacher ran"))
+    cached = distiller(batch).losses
+    for teacher in distiller.teacher.members:
+        teacher._forward_pre_hooks.clear()
+    uncached = distiller(batch._replace(teacher=None)).losses
+    assert cached["kd"].item() == pytest.approx(uncached["kd"].item(), abs=1e-3)
+    assert train(config).summary["teacher_cache"]["path"] == config.teacher_cache.path
+
+
+def test_perturbed_or_topk_ensemble_caches_are_refused(ensemble_cache_config):
+    with pytest.raises(ConfigError, match="cannot replay"):
+        fill_teacher_cache(ensemble_cache_config(params={"perturb": {"objective": "tdiv_sdiv"}}))
+    with pytest.raises(ConfigError, match="use outputs: logits"):
+        fill_teacher_cache(ensemble_cache_config(outputs="topk", topk=3))

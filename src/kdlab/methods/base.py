@@ -70,8 +70,9 @@ class Distiller(nn.Module):
     select_model: ClassVar[str] = "student"
     #: what of the teacher a replayable teacher cache can stand in for: ``"logits"`` (the method reads
     #: the teacher only through :meth:`batch_teacher_logits`), ``"features"`` (through
-    #: ``FeatureDistiller.run_models``), or ``"none"`` (it runs the teacher on other inputs).
-    teacher_cache: ClassVar[Literal["none", "logits", "features"]] = "none"
+    #: ``FeatureDistiller.run_models``), ``"members"`` (an ensemble's member logits, through
+    #: ``EnsembleTeacherMixin.batch_teacher_members``), or ``"none"`` (it runs the teacher on other inputs).
+    teacher_cache: ClassVar[Literal["none", "logits", "features", "members"]] = "none"
 
     def __init__(
         self,

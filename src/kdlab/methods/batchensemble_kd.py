@@ -29,7 +29,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
@@ -92,8 +91,7 @@ class BatchEnsembleKD(EnsembleTeacherMixin, Distiller):
     def forward(self, batch: Batch) -> DistillOutput:
         inputs, targets = self.perturber(batch.inputs, batch.targets, self.teacher_members,
                                          self.student_members)
-        with torch.no_grad():
-            teacher = self.teacher_members(inputs)
+        teacher = self.batch_teacher_members(batch, inputs)
         student = self.student.member_logits(inputs)
         members = student.shape[0]
         return DistillOutput(

@@ -63,9 +63,24 @@ class EnsembleTeacherMixin:
     teacher_inputs: Callable[[Tensor], Tensor]
     teacher_logits: Callable[[Tensor], Tensor]
 
+    perturber: InputPerturber
+
+    @property
+    def teacher_cache(self) -> str:
+        """A cache holds the members' logits on the training views; perturbed inputs need the teachers."""
+        return "none" if self.perturber.enabled else "members"
+
     def teacher_members(self, inputs: Tensor) -> Tensor:
         """(M, B, K) teacher logits, with gradients to ``inputs`` (for the perturbation)."""
         return member_logits(self.teacher, self.teacher_inputs(inputs))
+
+    def batch_teacher_members(self, batch: Batch, inputs: Tensor) -> Tensor:
+        """(M, B, K) teacher logits for ``inputs``: from the teacher cache when they are the batch's own
+        inputs and the batch carries the cached members, else from the teachers (no gradients)."""
+        if batch.teacher is not None and inputs is batch.inputs:
+            return batch.teacher["members"]
+        with torch.no_grad():
+            return self.teacher_members(inputs)
 
     def eval_reference(self) -> Callable[[Tensor], Tensor]:
         """The teachers' ensemble prediction: evaluations report agreement and KL against it."""
@@ -88,8 +103,7 @@ class EnsembleKD(EnsembleTeacherMixin, Distiller):
 
     def forward(self, batch: Batch) -> DistillOutput:
         inputs, targets = self.perturber(batch.inputs, batch.targets, self.teacher_members, None)
-        with torch.no_grad():
-            teacher = self.teacher_members(inputs)
+        teacher = self.batch_teacher_members(batch, inputs)
         logits = self.student(inputs)
         return DistillOutput(
             {

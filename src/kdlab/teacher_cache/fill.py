@@ -23,6 +23,7 @@ from kdlab.config.load import ConfigError
 from kdlab.config.schema import RunConfig
 from kdlab.data.order import epoch_generator
 from kdlab.engine.precision import resolve_precision
+from kdlab.ensemble import member_logits
 from kdlab.methods import Distiller
 from kdlab.teacher_cache.layout import FORMAT_VERSION, CacheError, CacheLayout, cache_bytes, num_chunks
 from kdlab.teacher_cache.signature import run_signature
@@ -44,7 +45,8 @@ def cache_meta(config: RunConfig, signature: dict[str, Any]) -> dict[str, Any]:
         "outputs": cache.outputs,
         "topk": cache.topk if cache.outputs == "topk" else None,
         "chunk_size": cache.batch_size * CHUNK_BATCHES,
-        "teacher": config.teacher.model_dump(mode="json") if config.teacher is not None else None,
+        "teacher": config.teacher.model_dump(mode="json") if config.teacher is not None else
+        [t.model_dump(mode="json") for t in config.teachers],
     }
 
 
@@ -83,7 +85,10 @@ def _fill_unit(distiller: Distiller, source: Any, arrays: dict[str, np.memmap], 
     for inputs in source.views(ids, draws[start:stop], meta["chunk_size"] // CHUNK_BATCHES):
         inputs = distiller.teacher_inputs(inputs).contiguous(memory_format=MEMORY_FORMAT)
         with autocast:
-            logits = distiller.teacher(inputs)
+            if meta.get("members"):
+                logits = member_logits(distiller.teacher, inputs).transpose(0, 1)
+            else:
+                logits = distiller.teacher(inputs)
         features = taps.features if taps is not None else []
         if taps is not None:
             taps.clear()

@@ -4,7 +4,7 @@ A cache is a directory::
 
     meta.json               what produced it (teacher and data fingerprints, augmentation, outputs)
     augment.npy             int32 [E, N, P]   per epoch and sample: the augmentation draw
-    logits.npy              fp16  [E, N, C]   outputs: logits
+    logits.npy              fp16  [E, N, C]   outputs: logits ([E, N, M, C] for an ensemble of M teachers)
     topk_values.npy         fp16  [E, N, k]   outputs: topk (the k largest logits ...
     topk_indices.npy        int16/int32 [E, N, k]              ... their classes ...
     rest_logsumexp.npy      fp32  [E, N]                       ... and logsumexp of the other C - k)
@@ -16,7 +16,7 @@ flip; 1 for a per-sample transform seed; 0 without augmentation), ``C`` classes.
 ``.npy`` files opened as memory maps, so a cache larger than memory works and several processes can
 fill disjoint units of one cache. Bytes on disk (the formula in the docs)::
 
-    E * N * (4 P + 2 C)                        logits
+    E * N * (4 P + 2 C)                        logits (2 M C for an ensemble of M teachers)
     E * N * (4 P + 2 k + b k + 4)              topk, b = 2 when C <= 32767 else 4
     + E * N * 2 * sum_i |feature_i|            features
 """
@@ -49,7 +49,8 @@ def array_specs(meta: dict[str, Any]) -> dict[str, tuple[tuple[int, ...], np.dty
     e, n, c = meta["epochs"], meta["num_samples"], meta["num_classes"]
     specs = {"augment": ((e, n, meta["augment"]["width"]), np.dtype(np.int32))}
     if meta["outputs"] == "logits":
-        specs["logits"] = ((e, n, c), np.dtype(np.float16))
+        members = meta.get("members", 0)
+        specs["logits"] = ((e, n, members, c) if members else (e, n, c), np.dtype(np.float16))
     else:
         k = meta["topk"]
         specs["topk_values"] = ((e, n, k), np.dtype(np.float16))

@@ -41,15 +41,19 @@ class EpochSlab:
     arrays: dict[str, Tensor]
     num_classes: int
     device: torch.device
+    members: int = 0
 
     def augment_for(self, indices: Tensor) -> Tensor:
         return self.augment.index_select(0, indices.to(self.augment.device))
 
     def teacher(self, indices: Tensor) -> dict[str, Tensor]:
-        """The teacher's outputs for ``indices`` on the training device, as float32."""
+        """The teacher's outputs for ``indices`` on the training device, as float32: ``logits`` (B, C), or
+        for an ensemble ``members`` (M, B, C)."""
         got = {name: array.index_select(0, indices.to(array.device)).to(self.device, non_blocking=True)
                for name, array in self.arrays.items()}
-        if "logits" in got:
+        if self.members:
+            out = {"members": got.pop("logits").float().transpose(0, 1)}
+        elif "logits" in got:
             out = {"logits": got.pop("logits").float()}
         else:
             out = {"logits": topk_to_logits(got.pop("topk_values"), got.pop("topk_indices"),
@@ -114,7 +118,7 @@ class TeacherCacheReplay:
                 outputs = {name: t.to(self.device) for name, t in outputs.items()}
             augment = torch.from_numpy(np.array(self.arrays["augment"][cached]))
             self._slab = (cached, EpochSlab(augment.to(self.device), outputs, self.meta["num_classes"],
-                                            self.device))
+                                            self.device, self.meta.get("members", 0)))
         return self._slab[1]
 
 

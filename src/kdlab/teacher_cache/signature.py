@@ -6,6 +6,7 @@ from typing import Any
 
 from kdlab.config.schema import RunConfig
 from kdlab.data import DataBundle
+from kdlab.ensemble import TeacherEnsemble
 from kdlab.methods import Distiller
 from kdlab.teacher_cache.fingerprint import files_sha256, module_sha256, tensor_sha256
 from kdlab.teacher_cache.layout import CacheError
@@ -31,7 +32,8 @@ def run_signature(config: RunConfig, data: DataBundle, distiller: Distiller) -> 
     method = config.method.name
     if distiller.teacher is None or distiller.teacher_cache == "none":
         raise CacheError(f"teacher_cache: method {method!r} runs its teacher on inputs a cache cannot "
-                         "replay (or has no single teacher); remove the teacher_cache section")
+                         "replay (adversarial or perturbed inputs, or its own features); remove the "
+                         "teacher_cache section")
     if distiller.teacher_cache == "features" and not cache.features:
         raise CacheError(f"teacher_cache.features: method {method!r} reads teacher features; set "
                          "teacher_cache.features: true and fill the cache with kdlab cache-teacher")
@@ -41,13 +43,20 @@ def run_signature(config: RunConfig, data: DataBundle, distiller: Distiller) -> 
     if not hasattr(data.train, "set_replay"):
         raise CacheError(f"teacher_cache: the training data of {config.data.name!r} "
                          f"({type(data.train).__name__}) cannot replay cached augmentations")
+    members = 0
+    if distiller.teacher_cache == "members":
+        members = len(distiller.teacher) if isinstance(distiller.teacher, TeacherEnsemble) else 1
+    if members and cache.outputs == "topk":
+        raise CacheError("teacher_cache.outputs: an ensemble's member logits are cached in full; "
+                         "use outputs: logits")
     if cache.outputs == "topk" and cache.topk >= data.num_classes:
         raise CacheError(f"teacher_cache.topk: {cache.topk} is not below the {data.num_classes} classes; "
                          "use outputs: logits")
-    teacher = config.teacher
+    teacher = config.teacher or next(iter(config.teachers), None)
     signature: dict[str, Any] = {
         "num_samples": data.train.num_samples,
         "num_classes": data.num_classes,
+        "members": members,
         "data_sha256": data_sha256(data.train),
         "augment": data.train.augment_spec(),
         "teacher_sha256": module_sha256(distiller.teacher),
