@@ -181,6 +181,12 @@ def test_run_saves_labels_reports_groups_and_errors_name_the_key(digits_config, 
     assert (result.run_dir / "noisy_labels.pt").is_file()
     summary = json.loads((result.run_dir / "summary.json").read_text())
     assert summary["corruption"]["noise"]["realized_rate_train"] == pytest.approx(0.2, abs=0.01)
+    transition = torch.tensor(summary["corruption"]["noise"]["transition_train"])
+    assert transition.shape == (10, 10) and transition.sum() == sum(summary["corruption"]["train_counts"])
+    assert 1 - transition.diag().sum() / transition.sum() == pytest.approx(
+        summary["corruption"]["noise"]["realized_rate_train"], abs=1e-6)
+    flips = transition - torch.diag(transition.diag())
+    assert all(flips[c].nonzero().flatten().tolist() in ([], [(c + 1) % 10]) for c in range(10))  # pair-flip
     assert len(summary["test_last"]["per_class_top1"]) == 10 and "top1_few" in summary["test_last"]
     evals = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert all("top1_many" in e for e in evals if e["kind"] == "eval")
