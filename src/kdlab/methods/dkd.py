@@ -47,10 +47,11 @@ def _binary_log_probs(logits: Tensor, target_mask: Tensor) -> Tensor:
     return torch.stack([log_target, log_others], dim=1)
 
 
-def _non_target_log_probs(logits: Tensor, target_mask: Tensor) -> Tensor:
-    """``log_softmax`` over the non-target classes only, shape (B, C - 1)."""
-    others = logits[~target_mask].view(logits.shape[0], logits.shape[1] - 1)
-    return F.log_softmax(others, dim=1)
+def _non_target_log_probs(logits: Tensor, targets: Tensor) -> Tensor:
+    """``log_softmax`` over the non-target classes only, shape (B, C - 1) (a gather: no host sync)."""
+    ranks = torch.arange(logits.shape[1] - 1, device=logits.device).expand(len(targets), -1)
+    others = ranks + (ranks >= targets[:, None]).long()
+    return F.log_softmax(logits.gather(1, others), dim=1)
 
 
 def dkd_parts(student_logits: Tensor, teacher_logits: Tensor, targets: Tensor,
@@ -60,7 +61,7 @@ def dkd_parts(student_logits: Tensor, teacher_logits: Tensor, targets: Tensor,
     z_t = teacher_logits.float() / temperature
     target_mask = F.one_hot(targets, z_s.shape[1]).bool()
     tckd = _kl(_binary_log_probs(z_t, target_mask), _binary_log_probs(z_s, target_mask))
-    nckd = _kl(_non_target_log_probs(z_t, target_mask), _non_target_log_probs(z_s, target_mask))
+    nckd = _kl(_non_target_log_probs(z_t, targets), _non_target_log_probs(z_s, targets))
     return tckd * temperature**2, nckd * temperature**2
 
 

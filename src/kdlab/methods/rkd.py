@@ -47,7 +47,7 @@ def pairwise_distances(embeddings: Tensor, eps: float = 1e-12) -> Tensor:
 
 def _normalized_distances(embeddings: Tensor) -> Tensor:
     dist = pairwise_distances(embeddings)
-    return dist / dist[dist > 0].mean()
+    return dist / (dist.sum() / (dist > 0).sum().clamp(min=1))  # the mean of the positive entries
 
 
 def _angles(embeddings: Tensor) -> Tensor:
