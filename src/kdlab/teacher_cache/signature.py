@@ -56,13 +56,14 @@ def run_signature(config: RunConfig, data: DataBundle, distiller: Distiller) -> 
     signature: dict[str, Any] = {
         "num_samples": data.train.num_samples,
         "num_classes": data.num_classes,
-        "members": members,
         "data_sha256": data_sha256(data.train),
         "augment": data.train.augment_spec(),
         "teacher_sha256": module_sha256(distiller.teacher),
         "normalization": {"data": [list(data.mean), list(data.std)],
                           "teacher": [teacher.mean, teacher.std] if teacher is not None else None},
     }
+    if members:
+        signature["members"] = members
     if cache.features:
         signature["features"] = [{"tap": f"{tap.path}:{tap.kind}", "shape": list(shape)} for tap, shape
                                  in zip(distiller.teacher_taps.taps, distiller.teacher_shapes, strict=True)]
