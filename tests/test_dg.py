@@ -89,3 +89,17 @@ def test_a_fixed_split_shares_one_teacher_per_target_across_seeds(dg_files):
     assert {r.config.data.split_seed for r in runs} == {7}
     assert [r.config.train.seed for r in runs] == [7, 0, 1, 2]
     assert {r.config.teacher.checkpoint for r in runs[1:]} == {str(runs[0].run_dir)}
+
+
+def test_table_is_mean_and_domainbed_standard_error_over_seeds():
+    from kdlab.data.domains import DOMAIN_SETS
+    from kdlab.protocols.dg import table
+
+    spec = DOMAIN_SETS.get("rotated_mnist")
+    lines = [{"config": "kd", "target": 0, "test_acc": v} for v in (50.0, 60.0, 70.0)]
+    lines += [{"config": "kd", "target": 1, "test_acc": v} for v in (80.0, 90.0)]
+    lines += [{"config": "ce", "target": 0, "test_acc": 40.0}]
+    rows = table(lines, spec, [0, 1]).splitlines()
+    # population std over seeds / sqrt(n): sqrt(200/3) / sqrt(3) = 4.71; 5 / sqrt(2) = 3.54
+    assert rows[2] == "| kd | 60.0 ± 4.7 | 85.0 ± 3.5 | 72.5 |"
+    assert rows[3] == "| ce | 40.0 ± 0.0 | - | - |"  # no average over a missing target
