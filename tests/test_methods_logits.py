@@ -315,3 +315,15 @@ def test_dml_cohort_evaluates_and_checkpoints_every_peer(digits_config, peers):
     state = load(result.run_dir / "last.pt")["model"]
     assert {k.split(".")[1] for k in state if k.startswith("peers.")} == {str(i) for i in range(peers - 1)}
     assert result.summary["extra_params"] > 0
+    if peers == 3:  # the last peer, a cnn_tiny beside a cnn_small one: evaluated and exported on its own
+        from kdlab.evaluate import evaluate_checkpoint
+        from kdlab.export import export_student
+
+        last_peer = [r for r in evals if r["model"] == "peer2"][-1]
+        evaluated = evaluate_checkpoint(result.run_dir / "last.pt", splits=["val"], model="peer2")
+        assert evaluated["val"]["top1"] == pytest.approx(last_peer["top1"], abs=1e-6)
+        report = export_student(result.run_dir / "last.pt", result.run_dir / "export", model="peer2",
+                                formats=["state_dict"])
+        assert report["model"] == "SmallCNN" and report["max_abs_diff"]["state_dict"] == 0.0
+        with pytest.raises(ConfigError, match="no model 'peer9'; models: student, peer1, peer2"):
+            evaluate_checkpoint(result.run_dir, model="peer9")

@@ -1,12 +1,14 @@
 """``kdlab export``: a trained student as a plain state_dict, TorchScript and ONNX, each checked.
 
-The student comes from a kdlab checkpoint or run directory (``best.pt``, else ``last.pt``): whatever
-model the run selected (the student, an averaged model, the merged network of ``batchensemble_kd``).
+The student comes from a kdlab checkpoint or run directory (the model its summary reports:
+``averaged.pt``, else ``best.pt``, else ``last.pt``): the student, an averaged model, the merged network
+of ``batchensemble_kd``; ``model`` picks another model the method evaluates (``peer1``, ... of ``dml``).
 A checkpoint that holds a BatchEnsemble student (``last.pt`` of a ``batchensemble_kd`` run) is merged
 first (:func:`kdlab.ensemble.merge_batchensemble`). Files written to ``out_dir``:
 
-- ``model.pt``: ``torch.save`` of the state_dict of the student's architecture (plain tensors; loads
-  with ``torch.load(weights_only=True)`` into a freshly built model of that architecture);
+- ``model.pt``: ``torch.save`` of the state_dict of the model's architecture (plain tensors; loads
+  with ``torch.load(weights_only=True)`` into a freshly built model of that architecture; checked by
+  loading it into a zeroed copy);
 - ``model.torchscript.pt``: ``torch.jit.trace`` of the model in eval mode (TorchScript is deprecated
   in recent PyTorch, but still the format many deployments read);
 - ``model.onnx``: the ``torch.export``-based ONNX exporter, with a dynamic batch dimension (needs the
@@ -20,6 +22,7 @@ first (:func:`kdlab.ensemble.merge_batchensemble`). Files written to ``out_dir``
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import json
 import logging
@@ -31,9 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from kdlab.config.load import apply_overrides, validate
-from kdlab.engine import checkpoint
-from kdlab.run import build_data_for, build_network, checkpoint_path, load_student
+from kdlab.run import load_saved_model
 
 FORMATS = ("state_dict", "torchscript", "onnx")
 ONNX_LOGGERS = ("onnxscript", "onnx_ir", "torch.onnx")
@@ -110,48 +111,45 @@ def _onnx(model: nn.Module, batch: Tensor, path: Path) -> Tensor:
 
 def export_student(location: str | Path, out_dir: str | Path, overrides: Sequence[str] = (),
                    formats: Sequence[str] = FORMATS, check_batch: int = 32, atol: float = 1e-4,
-                   rtol: float = 1e-4) -> dict[str, Any]:
-    """Write the student of ``location`` to ``out_dir`` in ``formats``; returns what ``export.json`` holds."""
+                   rtol: float = 1e-4, model: str = "student") -> dict[str, Any]:
+    """Write the student (or another model of the run: ``model``) of ``location`` to ``out_dir`` in
+    ``formats``; returns what ``export.json`` holds."""
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown:
         raise ExportError(f"unknown export format {unknown[0]!r}; formats: {', '.join(FORMATS)}")
-    path = checkpoint_path(location, "checkpoint")
-    state = checkpoint.load(path)
-    if not isinstance(state.get("config"), dict) or not isinstance(state.get("model"), dict):
-        raise checkpoint.CheckpointError(f"{path}: not a kdlab checkpoint (no config or model)")
-    config = validate(apply_overrides(state["config"], overrides), source=str(path))
-    config.train.device = "cpu"
-    data = build_data_for(config, torch.device("cpu"))
-    config.student.checkpoint = None
-    model = load_student(state, build_network(config.student, data, "student"), str(path)).eval()
+    saved = load_saved_model(location, overrides, device="cpu", model=model)
+    path, data, network = saved.path, saved.data, saved.model
     data.test.set_epoch(0)
     batch = next(iter(data.test)).inputs[:check_batch].float().contiguous()
     with torch.no_grad():
-        expected = model(batch)
+        expected = network(batch)
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {
-        "checkpoint": str(path), "model": config.student.name, "num_classes": data.num_classes,
+        "checkpoint": str(path), "model": saved.architecture, "run_model": model,
+        "num_classes": data.num_classes,
         "input_shape": list(data.input_shape), "mean": list(data.mean), "std": list(data.std),
         "check_batch": int(batch.shape[0]), "files": {}, "max_abs_diff": {},
     }
     if "state_dict" in formats:
         target = out / "model.pt"
-        torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, target)
-        fresh = build_network(config.student, data, "student").eval()
+        torch.save({k: v.detach().clone() for k, v in network.state_dict().items()}, target)
+        fresh = copy.deepcopy(network)
+        for tensor in fresh.state_dict().values():
+            tensor.zero_()
         fresh.load_state_dict(torch.load(target, weights_only=True))
         with torch.no_grad():
             report["max_abs_diff"]["state_dict"] = _check("state_dict", fresh(batch), expected, atol, rtol)
         report["files"]["state_dict"] = target.name
     if "torchscript" in formats:
         target = out / "model.torchscript.pt"
-        report["max_abs_diff"]["torchscript"] = _check("TorchScript", _torchscript(model, batch, target),
+        report["max_abs_diff"]["torchscript"] = _check("TorchScript", _torchscript(network, batch, target),
                                                        expected, atol, rtol)
         report["files"]["torchscript"] = target.name
     if "onnx" in formats:
         target = out / "model.onnx"
-        report["max_abs_diff"]["onnx"] = _check("ONNX", _onnx(model, batch, target), expected, atol, rtol)
+        report["max_abs_diff"]["onnx"] = _check("ONNX", _onnx(network, batch, target), expected, atol, rtol)
         report["files"]["onnx"] = target.name
     (out / "export.json").write_text(json.dumps(report, indent=2) + "\n")
     return report

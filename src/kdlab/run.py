@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from kdlab.config.load import ConfigError, dump_config
+from kdlab.config.load import ConfigError, apply_overrides, dump_config, validate
 from kdlab.config.schema import ModelConfig, RunConfig
 from kdlab.data import DataBundle, build_data
 from kdlab.data.corruption import CorruptionError
@@ -119,6 +119,46 @@ def load_student(state: dict[str, Any], network: nn.Module, where: str = "checkp
         return merge_batchensemble(ensemble)
     fit_weights(network, weights, where)
     return network
+
+
+@dataclass
+class SavedModel:
+    """A model read back from a checkpoint, with the run config and data it was trained with."""
+
+    path: Path
+    state: dict[str, Any]
+    config: RunConfig
+    data: DataBundle
+    model: nn.Module
+    architecture: str
+
+
+def load_saved_model(location: str | Path, overrides: Sequence[str] = (), *, device: str | None = None,
+                     model: str = "student") -> SavedModel:
+    """The model ``model`` of a checkpoint or run directory, in eval mode, on ``device`` (default: the
+    run's ``train.device``): ``student`` (a BatchEnsemble merged), or a model the method evaluates
+    beside it (``peer1``, ... of ``dml``), read from the whole distiller the checkpoint holds."""
+    path = checkpoint_path(location, "checkpoint")
+    state = checkpoint.load(path)
+    if not isinstance(state.get("config"), dict) or not isinstance(state.get("model"), dict):
+        raise checkpoint.CheckpointError(f"{path}: not a kdlab checkpoint (no config or model)")
+    config = validate(apply_overrides(state["config"], overrides), source=str(path))
+    if device is not None:
+        config.train.device = device
+    target = resolve_device(config.train.device)
+    data = build_data_for(config, target)
+    config.student.checkpoint = None
+    if model == "student":
+        network = load_student(state, build_network(config.student, data, "student"), str(path))
+        return SavedModel(path, state, config, data, network.to(target).eval(), config.student.name)
+    distiller = build_distiller_for(config, data)
+    others = distiller.eval_models()
+    if model not in others:
+        raise ConfigError(f"--model: {path} holds no model {model!r}; models: "
+                          f"{', '.join(['student', *others])}")
+    fit_weights(distiller, state["model"], str(path))
+    network = others[model]
+    return SavedModel(path, state, config, data, network.to(target).eval(), type(network).__name__)
 
 
 def build_network(config: ModelConfig, data: DataBundle, key: str) -> nn.Module:

@@ -17,6 +17,9 @@ from kdlab.engine.errors import NonFiniteLossError
 from kdlab.registry import UnknownNameError
 
 USER_ERRORS = (ConfigError, CheckpointError, DatasetNotFoundError, NonFiniteLossError, UnknownNameError)
+CHECKPOINT_HELP = "a kdlab checkpoint, or a run directory (the model its summary reports: averaged.pt, " \
+                  "best.pt or last.pt)"
+MODEL_HELP = "the student (default), or another model the method evaluates, e.g. peer1 of a dml cohort"
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -47,10 +50,11 @@ def cmd_cache_teacher(args: argparse.Namespace) -> int:
     return 0
 
 
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from kdlab.evaluate import evaluate_checkpoint
 
-    results = evaluate_checkpoint(args.checkpoint, args.overrides, splits=args.split)
+    results = evaluate_checkpoint(args.checkpoint, args.overrides, splits=args.split, model=args.model)
     print(json.dumps(results, indent=2))
     return 0
 
@@ -131,7 +135,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     try:
         report = export_student(args.checkpoint, args.out, args.overrides,
                                 formats=args.format or ("state_dict", "torchscript", "onnx"),
-                                check_batch=args.check_batch)
+                                check_batch=args.check_batch, model=args.model)
     except ExportError as exc:
         print(f"kdlab: error: {exc}", file=sys.stderr)
         return 2
@@ -158,9 +162,10 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_cache_teacher)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint (a .pt file or a run directory)")
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", help=CHECKPOINT_HELP)
     p.add_argument("overrides", nargs="*", help="dotted overrides of the saved config, e.g. data.root=...")
     p.add_argument("--split", choices=["val", "test"], action="append", help="default: test")
+    p.add_argument("--model", default="student", help=MODEL_HELP)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("demo", help="teacher, student and KD student on scikit-learn digits")
@@ -182,12 +187,13 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_dg)
 
     p = sub.add_parser("export", help="a trained student as a state_dict, TorchScript and ONNX, checked")
-    p.add_argument("checkpoint", help="a kdlab run directory (its best.pt, else last.pt) or checkpoint")
+    p.add_argument("checkpoint", help=CHECKPOINT_HELP)
     p.add_argument("overrides", nargs="*", help="dotted overrides of the saved config, e.g. data.root=...")
     p.add_argument("--out", required=True, metavar="DIR", help="where model.pt, .torchscript.pt, .onnx go")
     p.add_argument("--format", choices=["state_dict", "torchscript", "onnx"], action="append",
                    help="default: all three")
     p.add_argument("--check-batch", type=int, default=32, help="test images compared against PyTorch")
+    p.add_argument("--model", default="student", help=MODEL_HELP)
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("study", help="run a grid of runs (methods x conditions x pairs x seeds), resumably")
