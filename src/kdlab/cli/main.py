@@ -12,6 +12,7 @@ from pathlib import Path
 
 from kdlab.config.load import ConfigError, load_config
 from kdlab.data import DatasetNotFoundError
+from kdlab.engine import distributed
 from kdlab.engine.checkpoint import CheckpointError
 from kdlab.engine.errors import NonFiniteLossError
 from kdlab.registry import UnknownNameError
@@ -226,6 +227,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("kdlab: interrupted; resume with kdlab train --resume RUN_DIR", file=sys.stderr)
         return 130
+    finally:
+        distributed.shutdown()  # under torchrun: leave the process group before the interpreter exits
 
 
 if __name__ == "__main__":
