@@ -370,12 +370,7 @@ def summarize(trainer: Trainer, data: DataBundle, final_val: dict[str, dict[str,
         test_selected = trainer.evaluate(model, data.test)
         model.load_state_dict(current)
     student = trainer.distiller.student
-    reference = trainer.distiller.eval_reference()
-    extra = {}
-    if reference is not None:
-        extra["reference_test"] = evaluate_logits(reference, data.test, trainer.precision, trainer.device,
-                                                  trainer.memory_format, breakdown=trainer.class_breakdown)
-    return {
+    summary = {
         "method": type(trainer.distiller).__name__,
         "model": selected,
         "steps": trainer.step,
@@ -391,5 +386,9 @@ def summarize(trainer: Trainer, data: DataBundle, final_val: dict[str, dict[str,
         "img_per_s": round(trainer.images_per_second, 1),
         "precision": trainer.precision.name,
         "world_size": distributed.world_size(),
-        **extra,
     }
+    reference = trainer.distiller.eval_reference()
+    if reference is not None:
+        summary["reference_test"] = evaluate_logits(reference, data.test, trainer.precision, trainer.device,
+                                                    trainer.memory_format, breakdown=trainer.class_breakdown)
+    return summary

@@ -51,7 +51,6 @@ def cmd_cache_teacher(args: argparse.Namespace) -> int:
     return 0
 
 
-
 def cmd_eval(args: argparse.Namespace) -> int:
     from kdlab.evaluate import evaluate_checkpoint
 

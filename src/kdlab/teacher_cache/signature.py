@@ -6,8 +6,8 @@ from typing import Any
 
 from kdlab.config.schema import RunConfig
 from kdlab.data import DataBundle
-from kdlab.ensemble import TeacherEnsemble
 from kdlab.methods import Distiller
+from kdlab.methods.ensemble_kd import teacher_count
 from kdlab.teacher_cache.fingerprint import files_sha256, module_sha256, tensor_sha256
 from kdlab.teacher_cache.layout import CacheError
 
@@ -43,9 +43,7 @@ def run_signature(config: RunConfig, data: DataBundle, distiller: Distiller) -> 
     if not hasattr(data.train, "set_replay"):
         raise CacheError(f"teacher_cache: the training data of {config.data.name!r} "
                          f"({type(data.train).__name__}) cannot replay cached augmentations")
-    members = 0
-    if distiller.teacher_cache == "members":
-        members = len(distiller.teacher) if isinstance(distiller.teacher, TeacherEnsemble) else 1
+    members = teacher_count(distiller.teacher) if distiller.teacher_cache == "members" else 0
     if members and cache.outputs == "topk":
         raise CacheError("teacher_cache.outputs: an ensemble's member logits are cached in full; "
                          "use outputs: logits")
