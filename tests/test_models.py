@@ -19,6 +19,7 @@ from kdlab.models import (
     list_models,
     stage_preset,
 )
+from kdlab.models.cifar.init import he_normal_init
 from kdlab.models.detect import detect_stage_preset
 from kdlab.models.registry import MODELS
 from kdlab.models.surgery import adapt_input_conv
@@ -256,3 +257,17 @@ def test_preset_embedding_is_classifier_input() -> None:
     assert isinstance(preset, StagePreset)
     assert preset.embedding == TapPoint("fc", "input")
     assert preset.stage_taps(preact=True)[0] == TapPoint("layer1.0.relu_out", "input")
+
+
+@pytest.mark.parametrize("linear", ["default", "zero_bias", "normal"])
+def test_he_normal_init_draws_fan_out_convolutions_and_the_linear_policy(linear):
+    model = nn.Sequential(nn.Conv2d(8, 256, 3, bias=True), nn.BatchNorm2d(256), nn.Linear(400, 300))
+    he_normal_init(model, linear)
+    conv, bn, fc = model
+    assert conv.weight.std().item() == pytest.approx((2 / (3 * 3 * 256)) ** 0.5, rel=0.02)
+    assert not conv.bias.any() and not bn.bias.any() and bool((bn.weight == 1).all())
+    if linear == "normal":
+        assert fc.weight.std().item() == pytest.approx(0.01, rel=0.02)
+    else:
+        assert fc.weight.std().item() == pytest.approx((1 / (3 * 400)) ** 0.5, rel=0.02)  # U(+-1/sqrt(400))
+    assert fc.bias.any() == (linear == "default")

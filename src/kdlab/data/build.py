@@ -53,16 +53,6 @@ class DataBundle:
     corruption: CorruptedSplits | None = None
 
 
-@dataclass(frozen=True)
-class _Common:
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    device: torch.device
-    seed: int
-    rank: int
-    world_size: int
-
-
 def _choice(value: str, choices: tuple[str, ...], what: str) -> str:
     if value not in choices:
         raise ValueError(f"{what} must be one of {', '.join(choices)}; got {value!r}")
@@ -90,36 +80,6 @@ def _crop_flip(spec: DatasetSpec, shape: tuple[int, int, int]) -> CropFlip:
     return CropFlip(padding, spec.flip)
 
 
-def _tensor_source(split: Split, common: _Common, **kwargs: Any) -> TensorBatchSource:
-    return TensorBatchSource(
-        split.images,
-        split.targets,
-        mean=common.mean,
-        std=common.std,
-        device=common.device,
-        seed=common.seed,
-        rank=common.rank,
-        world_size=common.world_size,
-        **kwargs,
-    )
-
-
-def _loader_source(
-    split: Split, transform: Transform | None, common: _Common, num_workers: int, **kwargs: Any
-) -> LoaderBatchSource:
-    return LoaderBatchSource(
-        SampleDataset(split, transform),
-        mean=common.mean,
-        std=common.std,
-        device=common.device,
-        seed=common.seed,
-        rank=common.rank,
-        world_size=common.world_size,
-        num_workers=num_workers,
-        **kwargs,
-    )
-
-
 @dataclass(frozen=True)
 class LoaderSettings:
     """How a dataset's splits become batch sources: :func:`build_data`'s options that every dataset
@@ -141,6 +101,12 @@ class LoaderSettings:
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     drop_last: bool = True
+
+    def source_kwargs(self, mean: tuple[float, ...], std: tuple[float, ...]) -> dict[str, Any]:
+        """The keyword arguments that every batch source of these settings takes, with the resolved
+        normalization ``mean``/``std``."""
+        return {"mean": mean, "std": std, "device": self.device, "seed": self.seed, "rank": self.rank,
+                "world_size": self.world_size}
 
 
 def build_data(
@@ -240,16 +206,16 @@ def _build_split_dataset(
     shape = tuple(train.images.shape[1:]) if decoded else (3, size, size)
     if len(norm_mean) != shape[0] or len(norm_std) != shape[0]:
         raise ValueError(f"mean/std have {len(norm_mean)}/{len(norm_std)} values for {shape[0]} channels")
-    common = _Common(norm_mean, norm_std, s.device, s.seed, s.rank, s.world_size)
-    train_args = {"batch_size": s.batch_size, "shuffle": True, "drop_last": s.drop_last}
-    eval_args = {"batch_size": s.eval_batch_size, "shuffle": False}
+    common = s.source_kwargs(norm_mean, norm_std)
+    train_args = {"batch_size": s.batch_size, "shuffle": True, "drop_last": s.drop_last, **common}
+    eval_args = {"batch_size": s.eval_batch_size, "shuffle": False, **common}
 
     augmenting = _augments(s.augment, spec)
     if resident:
         crop = _crop_flip(spec, shape) if augmenting else None
-        train_src: BatchSource = _tensor_source(train, common, augment=crop, **train_args)
-        val_src = _tensor_source(val, common, **eval_args) if val is not None else None
-        test_src: BatchSource = _tensor_source(raw.test, common, **eval_args)
+        train_src: BatchSource = TensorBatchSource(train.images, train.targets, augment=crop, **train_args)
+        val_src = None if val is None else TensorBatchSource(val.images, val.targets, **eval_args)
+        test_src: BatchSource = TensorBatchSource(raw.test.images, raw.test.targets, **eval_args)
     else:
         if decoded:
             train_tf = crop_flip_transform(_crop_flip(spec, shape), *shape[1:]) if augmenting else None
@@ -257,9 +223,13 @@ def _build_split_dataset(
         else:
             eval_tf = large_eval_transform(size)
             train_tf = large_train_transform(size) if augmenting else eval_tf
-        train_src = _loader_source(train, train_tf, common, s.num_workers, **train_args)
-        val_src = None if val is None else _loader_source(val, eval_tf, common, s.num_workers, **eval_args)
-        test_src = _loader_source(raw.test, eval_tf, common, s.num_workers, **eval_args)
+
+        def loader(split: Split, transform: Transform | None, args: dict[str, Any]) -> LoaderBatchSource:
+            return LoaderBatchSource(SampleDataset(split, transform), num_workers=s.num_workers, **args)
+
+        train_src = loader(train, train_tf, train_args)
+        val_src = None if val is None else loader(val, eval_tf, eval_args)
+        test_src = loader(raw.test, eval_tf, eval_args)
 
     return DataBundle(
         train=train_src,

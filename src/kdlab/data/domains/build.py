@@ -125,8 +125,7 @@ def build_domain_data(
     if not train.decoded:
         eval_tf = domainbed_eval_transform(size)
         train_tf = eval_tf if s.augment == "none" else domainbed_train_transform(size, crop_scale)
-    common = {"mean": norm_mean, "std": norm_std, "device": s.device, "seed": s.seed, "rank": s.rank,
-              "world_size": s.world_size}
+    common = s.source_kwargs(norm_mean, norm_std)
     train_src = DomainBalancedSource(train, [len(p) for p in train_parts], batch_size=s.batch_size,
                                      transform=train_tf, num_workers=s.num_workers, **common)
 

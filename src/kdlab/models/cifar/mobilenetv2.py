@@ -11,10 +11,9 @@ pre-activation preset.
 
 from __future__ import annotations
 
-import math
-
 from torch import Tensor, nn
 
+from kdlab.models.cifar.init import he_normal_init
 from kdlab.models.hooks import TapPoint
 from kdlab.models.presets import StagePreset
 from kdlab.models.registry import register_model
@@ -83,16 +82,7 @@ class CifarMobileNetV2(nn.Module):
         self.conv2 = conv_bn_relu(channels, last_channels, 1)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Sequential(nn.Linear(last_channels, num_classes))
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0.0, 0.01)
-                nn.init.zeros_(m.bias)
+        he_normal_init(self, "normal")
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.conv1(x)

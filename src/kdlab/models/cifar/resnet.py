@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from kdlab.models.cifar.init import he_normal_init
 from kdlab.models.hooks import TapPoint
 from kdlab.models.presets import StagePreset
 from kdlab.models.registry import register_model
@@ -63,12 +64,7 @@ class CifarResNet(nn.Module):
         self.layer3 = self._stage(widths[2], widths[3], blocks, stride=2)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(widths[3], num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        he_normal_init(self)
 
     @staticmethod
     def _stage(in_planes: int, planes: int, blocks: int, stride: int) -> nn.Sequential:

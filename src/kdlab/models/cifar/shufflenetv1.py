@@ -12,9 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from kdlab.models.cifar.channel_shuffle import ChannelShuffle
-from kdlab.models.hooks import TapPoint
-from kdlab.models.presets import StagePreset
+from kdlab.models.cifar.shufflenet_shared import SHUFFLENET_PRESET, ChannelShuffle
 from kdlab.models.registry import register_model
 
 
@@ -84,16 +82,7 @@ class CifarShuffleNetV1(nn.Module):
 @register_model(
     "shufflenetv1",
     family="cifar_shufflenetv1",
-    preset=StagePreset(
-        stages=(TapPoint("layer1"), TapPoint("layer2"), TapPoint("layer3")),
-        preact_stages=(
-            TapPoint("layer1.3.relu_out", "input"),
-            TapPoint("layer2.7.relu_out", "input"),
-            TapPoint("layer3.3.relu_out", "input"),
-        ),
-        stem=TapPoint("relu"),
-        classifier="linear",
-    ),
+    preset=SHUFFLENET_PRESET,
 )
 def shufflenetv1(num_classes: int = 100, in_channels: int = 3) -> CifarShuffleNetV1:
     """ShuffleNet V1, 3 groups (RepDistiller ``ShuffleV1``)."""

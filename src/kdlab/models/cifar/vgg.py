@@ -10,10 +10,9 @@ resolution (``block0``, ``block1``, ``block2``, ``block4``).
 
 from __future__ import annotations
 
-import math
-
 from torch import Tensor, nn
 
+from kdlab.models.cifar.init import he_normal_init
 from kdlab.models.hooks import TapPoint
 from kdlab.models.presets import StagePreset
 from kdlab.models.registry import register_model
@@ -53,17 +52,7 @@ class CifarVGG(nn.Module):
         self.pool3 = nn.MaxPool2d(2, 2)
         self.pool4 = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(cfg[4][-1], num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0.0, 0.01)
-                nn.init.zeros_(m.bias)
+        he_normal_init(self, "normal")
 
     def forward(self, x: Tensor) -> Tensor:
         pool3 = x.shape[2] == 64

@@ -10,10 +10,9 @@ the stage output after the next BN: the input of the next stage's first ``relu1`
 
 from __future__ import annotations
 
-import math
-
 from torch import Tensor, nn
 
+from kdlab.models.cifar.init import he_normal_init
 from kdlab.models.hooks import TapPoint
 from kdlab.models.presets import StagePreset
 from kdlab.models.registry import register_model
@@ -72,15 +71,7 @@ class WideResNet(nn.Module):
         self.relu = nn.ReLU()
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(widths[3], num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.zeros_(m.bias)
+        he_normal_init(self, "zero_bias")
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.block3(self.block2(self.block1(self.conv1(x))))
