@@ -156,3 +156,31 @@ def test_compiled_training_matches_eager_and_saves_plain_keys(digits_config):
     assert not any("_orig_mod" in key for key in saved)
     for name, value in eager.student.state_dict().items():
         assert torch.allclose(compiled.student.state_dict()[name], value, atol=1e-4), name
+
+
+@pytest.mark.parametrize("method", ["nst", "crd", "stagewise"])
+def test_compiled_models_keep_their_feature_hooks_without_recompiling(method, tmp_path):
+    """Features read by forward hooks (a stage output for NST, the embedding for CRD, a truncated forward
+    for stagewise) reach the loss of a compiled student and teacher: the loss curve follows eager's, and
+    each model is compiled once per mode (train, no-grad), not once per step."""
+    from torch._dynamo.utils import counters
+
+    from kdlab.models import build_model
+
+    losses = {}
+    for compile in (False, True):
+        tree = {"data": {"name": "synthetic", "batch_size": 16, "val_fraction": 0.0,
+                         "options": {"num_classes": 10, "num_train": 128, "num_test": 16}},
+                "student": {"name": "resnet8"}, "teacher": {"name": "resnet14"},
+                "method": {"name": method, "params": {"num_negatives": 16} if method == "crd" else {}},
+                "optim": {"name": "sgd", "lr": 0.01},
+                "train": {"steps": 5, "precision": "fp32", "progress": False, "log_every": 1,
+                          "compile": compile},
+                "out_dir": str(tmp_path), "name": f"compile-{compile}"}
+        torch.manual_seed(0)
+        counters.clear()
+        run = train(validate(tree), teacher=build_model("resnet14", 10))
+        losses[compile] = [r["loss"] for r in read_metrics(run.run_dir) if r["kind"] == "train"]
+    assert counters["frames"]["total"] <= 4
+    assert losses[True] == pytest.approx(losses[False], rel=1e-3)
+    assert losses[False][0] != pytest.approx(losses[False][-1], rel=1e-3)

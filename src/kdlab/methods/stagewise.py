@@ -75,7 +75,10 @@ class _Reached(Exception):  # noqa: N818  (control flow, not an error)
 
 
 def forward_until(model: nn.Module, tap: TapPoint, inputs: Tensor) -> Tensor:
-    """The feature at ``tap`` of ``model(inputs)``, stopping the forward as soon as it is computed."""
+    """The feature at ``tap`` of ``model(inputs)``, stopping the forward as soon as it is computed.
+
+    Runs ``model.forward`` itself, eagerly: under ``train.compile`` the compiled call would be traced
+    again for every added and removed hook (and give up at dynamo's recompile limit)."""
     module = find_module(model, tap.path)
 
     def stop(_module: nn.Module, args: tuple, output: Tensor | None = None) -> None:
@@ -86,7 +89,7 @@ def forward_until(model: nn.Module, tap: TapPoint, inputs: Tensor) -> Tensor:
     else:
         handle = module.register_forward_hook(stop)
     try:
-        model(inputs)
+        model.forward(inputs)
     except _Reached as reached:
         return reached.feature
     finally:
