@@ -14,11 +14,12 @@ student, also under averaging). ``summary.json`` names that file under ``checkpo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -28,7 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from kdlab.config.load import ConfigError, apply_overrides, dump_config, validate
+from kdlab.config.compare import RESUME_FIXED, RESUME_FREE, first_change
+from kdlab.config.load import ConfigError, apply_overrides, dump_config, read_yaml, validate
 from kdlab.config.schema import ModelConfig, RunConfig
 from kdlab.data import DataBundle, build_data
 from kdlab.data.corruption import CorruptionError
@@ -42,6 +44,7 @@ from kdlab.ensemble import BatchEnsemble, TeacherEnsemble, merge_batchensemble
 from kdlab.methods import DistillContext, Distiller, build_distiller
 from kdlab.models import build_model
 from kdlab.models.batchnorm import freeze_batchnorm
+from kdlab.models.surgery import WeightFileError
 from kdlab.robustness import class_breakdown, corruption_specs, corruption_summary, save_noisy_labels
 from kdlab.teacher_cache import CacheError, TeacherCacheReplay, run_signature
 
@@ -68,7 +71,10 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"train.device: {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"train.device: {name!r} requested but CUDA is not available; use cpu or auto")
     return device
@@ -105,8 +111,8 @@ def fit_weights(model: nn.Module, weights: dict[str, Any], where: str) -> None:
     try:
         model.load_state_dict(weights)
     except RuntimeError as exc:
-        first = str(exc).split("\n\t")[1] if "\n\t" in str(exc) else str(exc).splitlines()[0]
-        raise ConfigError(f"{where} does not fit {type(model).__name__}: {first}") from None
+        raise ConfigError(f"{where} does not fit {type(model).__name__}: {checkpoint.mismatch_reason(exc)}"
+                          ) from None
 
 
 def load_student(state: dict[str, Any], network: nn.Module, where: str = "checkpoint") -> nn.Module:
@@ -165,6 +171,8 @@ def build_network(config: ModelConfig, data: DataBundle, key: str) -> nn.Module:
     try:
         model = build_model(config.name, data.num_classes, pretrained=config.pretrained,
                             in_channels=data.input_shape[0], **config.kwargs)
+    except WeightFileError as exc:
+        raise ConfigError(f"{key}.pretrained: {exc}") from None
     except (KeyError, ValueError, TypeError) as exc:
         raise ConfigError(f"{key}.name: {exc}") from None
     if config.checkpoint is not None:
@@ -179,6 +187,10 @@ def normalization(config: ModelConfig | None, data: DataBundle) -> tuple[list[fl
         return list(data.mean), list(data.std)
     if config.std is None:
         raise ConfigError("a model's 'mean' needs its 'std' too")
+    channels = data.input_shape[0]
+    if len(config.mean) != channels or len(config.std) != channels:
+        raise ConfigError(f"a model's mean/std have {len(config.mean)}/{len(config.std)} values for the "
+                          f"data's {channels} channels")
     return config.mean, config.std
 
 
@@ -202,8 +214,39 @@ def make_run_dir(config: RunConfig) -> Path:
     if (run_dir / "last.pt").exists():
         raise ConfigError(f"name: run directory {run_dir} already holds a run; resume it with --resume "
                           f"{run_dir}, or choose another name")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"out_dir: cannot make the run directory {run_dir} ({exc.strerror})") from None
     return run_dir
+
+
+def check_resumable(config: RunConfig, run_dir: Path) -> Path:
+    """The run's ``last.pt``, once ``config`` is known to keep everything a resumed run must keep
+    (``RESUME_FIXED``: its data, models, method, stages and seed) as the run's ``config.yaml`` has it."""
+    last = run_dir / "last.pt"
+    if not last.is_file():
+        raise ConfigError(f"--resume: {last} not found; nothing to resume")
+    saved = validate(read_yaml(run_dir / "config.yaml"), str(run_dir / "config.yaml"))
+    change = first_change(saved.model_dump(mode="json"), config.model_dump(mode="json"), RESUME_FIXED,
+                          RESUME_FREE)
+    if change is not None:
+        key, old, new = change
+        raise ConfigError(f"{key}: a resumed run cannot change it (the run has {old!r}, this config "
+                          f"{new!r}); start a new run to train with it")
+    return last
+
+
+@contextlib.contextmanager
+def setup_mistakes() -> Iterator[None]:
+    """A ``ValueError`` while a run is being set up comes from its config: re-raised as a one-line
+    ``ConfigError`` (checkpoint errors stay as they are)."""
+    try:
+        yield
+    except (ConfigError, checkpoint.CheckpointError):
+        raise
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def loader_workers(setting: int | str) -> int:
@@ -289,47 +332,50 @@ def train(
     callbacks: Sequence[Callback] = (),
     write: bool = True,
 ) -> RunResult:
-    """Train one run. ``student``/``teacher`` modules, when given, replace those built from the config."""
-    device = distributed.init_from_env(resolve_device(config.train.device).type) or \
-        resolve_device(config.train.device)
-    seed_everything(config.train.seed, config.train.deterministic)
-    data = build_data_for(config, device)
-    distiller = build_distiller_for(config, data, student=student, teacher=teacher)
-    replay = attach_teacher_cache(config, data, distiller, device)
+    """Train one run. ``student``/``teacher`` modules, when given, replace those built from the config.
 
-    run_dir: Path | None = None
-    if write:
-        if resume is not None:
-            run_dir = Path(resume)
-        elif distributed.is_main():
-            run_dir = make_run_dir(config)
-        run_dir = distributed.broadcast_object(run_dir)
-        if distributed.is_main():
-            (run_dir / "config.yaml").write_text(dump_config(config))
-            save_noisy_labels(data, run_dir)
-    resume_from = None
-    if resume is not None:
-        resume_from = Path(resume) / "last.pt"
-        if not resume_from.is_file():
-            raise ConfigError(f"--resume: {resume_from} not found; nothing to resume")
+    Everything is checked before anything is written: a refused resume leaves the run as it was."""
+    with setup_mistakes():
+        device = distributed.init_from_env(resolve_device(config.train.device).type) or \
+            resolve_device(config.train.device)
+        seed_everything(config.train.seed, config.train.deterministic)
+        data = build_data_for(config, device)
+        distiller = build_distiller_for(config, data, student=student, teacher=teacher)
+        replay = attach_teacher_cache(config, data, distiller, device)
+        resume_from = check_resumable(config, Path(resume)) if resume is not None else None
 
-    averager = build_averager(config.averaging, bn_source=data.train)
-    if averager is not None:
-        callbacks = [*callbacks, averager]
-    stages = plan_stages(config, None if config.stages else distiller.default_stages(config))
-    if replay is not None:
-        clock = StageClock(stages, len(data.train))
-        try:
-            replay.require(clock.data_epoch(clock.total_steps - 1)[0] + 1)
-        except CacheError as exc:
-            raise ConfigError(str(exc)) from None
-    trainer = Trainer(distiller, data.train, data.val, stages=stages, train=config.train,
-                      device=device, run_dir=run_dir, callbacks=callbacks,
-                      config=config.model_dump(mode="json"),
-                      select_model=MODEL_NAME if averager is not None else distiller.select_model,
-                      class_breakdown=class_breakdown(config, data))
+        run_dir: Path | None = None
+        if write:
+            if resume is not None:
+                run_dir = Path(resume)
+            elif distributed.is_main():
+                run_dir = make_run_dir(config)
+            run_dir = distributed.broadcast_object(run_dir)
+
+        averager = build_averager(config.averaging, bn_source=data.train)
+        if averager is not None:
+            callbacks = [*callbacks, averager]
+        stages = plan_stages(config, None if config.stages else distiller.default_stages(config))
+        if replay is not None:
+            clock = StageClock(stages, len(data.train))
+            try:
+                replay.require(clock.data_epoch(clock.total_steps - 1)[0] + 1)
+            except CacheError as exc:
+                raise ConfigError(str(exc)) from None
+        trainer = Trainer(distiller, data.train, data.val, stages=stages, train=config.train,
+                          device=device, run_dir=run_dir, callbacks=callbacks,
+                          config=config.model_dump(mode="json"),
+                          select_model=MODEL_NAME if averager is not None else distiller.select_model,
+                          class_breakdown=class_breakdown(config, data))
+        if resume_from is not None:
+            trainer.load_checkpoint(resume_from)
+        else:
+            trainer.enter_stage(0)
+    if run_dir is not None and distributed.is_main():
+        (run_dir / "config.yaml").write_text(dump_config(config))
+        save_noisy_labels(data, run_dir)
     started = time.perf_counter()
-    final_val = trainer.fit(resume_from=resume_from)
+    final_val = trainer.fit()
     wall = time.perf_counter() - started
     summary = summarize(trainer, data, final_val, wall)
     summary.update(corruption_summary(data, trainer.class_breakdown))

@@ -6,13 +6,18 @@ declares its own ``Params`` model, validated when the method is built (see ``kdl
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, model_validator
+
+#: a seed numpy, torch and Python all accept
+Seed = Annotated[int, Field(ge=0, lt=2**32)]
+#: a loss-term weight: 0 switches the term off; a negative weight would maximize the loss
+Weight = Annotated[float, Field(ge=0)]
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class NoiseConfig(Section):
@@ -20,7 +25,7 @@ class NoiseConfig(Section):
 
     type: Literal["symmetric", "asymmetric", "pairflip"] = "symmetric"
     rate: float = Field(..., ge=0.0, le=1.0, description="share of labels flipped (per source class)")
-    seed: int = Field(0, description="the noise draw; fixed per condition, independent of train.seed")
+    seed: Seed = Field(0, description="the noise draw; fixed per condition, independent of train.seed")
     flip_map: dict[str | int, str | int] | None = Field(
         None, description="asymmetric: SOURCE: TARGET class names or ids; default: the dataset's usual map")
     include_true_class: bool = Field(False, description="symmetric: draw the new label from all C classes")
@@ -33,7 +38,7 @@ class ImbalanceConfig(Section):
 
     profile: Literal["exponential", "step"] = "exponential"
     ratio: float = Field(..., ge=1.0, description="n_max / n_min")
-    seed: int = Field(0, description="which samples of each class are kept")
+    seed: Seed = Field(0, description="which samples of each class are kept")
     minority_fraction: float = Field(0.5, ge=0.0, le=1.0, description="step: share of minority classes")
     groups: Literal["thirds", "absolute"] = Field(
         "thirds", description="many/medium/few by thirds of classes ranked by count, or >100 / <20 samples")
@@ -47,7 +52,7 @@ class DataConfig(Section):
     batch_size: int = Field(64, gt=0, description="global batch size (split across DDP ranks)")
     eval_batch_size: int = Field(256, gt=0)
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="carved from train, stratified")
-    split_seed: int = 0
+    split_seed: Seed = 0
     subset: int | None = Field(None, gt=0, description="keep at most this many training samples")
     augment: Literal["default", "standard", "none"] = "default"
     device_resident: Literal["auto", "on", "off"] = "auto"
@@ -56,7 +61,7 @@ class DataConfig(Section):
                             "shared among this node's ranks, at most 8")
     image_size: int | None = Field(None, gt=0)
     mean: list[float] | None = None
-    std: list[float] | None = None
+    std: list[PositiveFloat] | None = None
     options: dict[str, Any] = Field(default_factory=dict, description="dataset-specific options")
     noise: NoiseConfig | None = Field(None, description="label noise on train/val (test stays clean)")
     imbalance: ImbalanceConfig | None = Field(None, description="long-tail train/val (test stays balanced)")
@@ -69,7 +74,7 @@ class ModelConfig(Section):
     pretrained: bool | str = Field(False, description="torchvision/timm weights, or a state_dict path")
     checkpoint: str | None = Field(None, description="a kdlab run dir or checkpoint to load weights from")
     mean: list[float] | None = Field(None, description="input normalization the model expects")
-    std: list[float] | None = None
+    std: list[PositiveFloat] | None = None
     kwargs: dict[str, Any] = Field(default_factory=dict)
     freeze_bn: bool = Field(False, description="BatchNorm stays in eval mode while training (DomainBed)")
 
@@ -78,24 +83,25 @@ class MethodConfig(Section):
     """A distillation method by registry name, loss-term weights and its own parameters."""
 
     name: str = "kd"
-    weights: dict[str, float] = Field(default_factory=dict, description="per loss term; unset = default")
+    weights: dict[str, Weight] = Field(default_factory=dict, description="per loss term; unset = default")
     params: dict[str, Any] = Field(default_factory=dict)
 
 
 class OptimConfig(Section):
     name: Literal["sgd", "adam", "adamw"] = "sgd"
     lr: float = Field(0.05, gt=0)
-    momentum: float = Field(0.9, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
     nesterov: bool = False
     weight_decay: float = Field(5e-4, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
     no_decay_norm_bias: bool = Field(False, description="no weight decay on norm layers and biases")
 
 
 class ScheduleConfig(Section):
     name: Literal["multistep", "cosine", "constant"] = "multistep"
-    milestones: list[float] = Field(default_factory=list, description="in epochs (or steps if step-based)")
-    gamma: float = 0.1
+    milestones: list[Annotated[float, Field(ge=0)]] = Field(
+        default_factory=list, description="in epochs (or steps if step-based)")
+    gamma: float = Field(0.1, gt=0, description="multistep: the lr is multiplied by gamma at each milestone")
     warmup: float = Field(0.0, ge=0, description="linear warm-up length in epochs (or steps)")
     warmup_start_factor: float = Field(0.01, gt=0, le=1)
     min_lr: float = Field(0.0, ge=0)
@@ -115,7 +121,7 @@ class StageConfig(Section):
     steps: int | None = Field(None, gt=0)
     optim: dict[str, Any] = Field(default_factory=dict)
     schedule: dict[str, Any] = Field(default_factory=dict)
-    weights: dict[str, float] = Field(default_factory=dict)
+    weights: dict[str, Weight] = Field(default_factory=dict)
     freeze: list[str] = Field(default_factory=list)
     train_only: list[str] | None = None
     eval_every: int | None = Field(None, gt=0)
@@ -137,7 +143,7 @@ class TrainConfig(Section):
         "default", description="torch.compile mode; reduce-overhead adds CUDA graphs (training batches "
                                "are always whole: the last partial batch is dropped)")
     grad_clip: float | None = Field(None, gt=0)
-    seed: int = 0
+    seed: Seed = 0
     deterministic: bool = False
     eval_every: int = Field(1, gt=0, description="evaluate every N epochs (or N steps if step-based)")
     log_every: int = Field(50, gt=0, description="log losses, lr, img/s every N steps")
@@ -175,7 +181,7 @@ class TeacherCacheConfig(Section):
         "logits", description="full logits in fp16, or the top-k logits with the rest as uniform mass")
     topk: int = Field(10, gt=0, description="k of outputs: topk")
     features: bool = Field(False, description="also cache the teacher features the method taps")
-    seed: int = Field(0, description="seed of the cached augmentation draws")
+    seed: Seed = Field(0, description="seed of the cached augmentation draws")
     batch_size: int = Field(256, gt=0, description="teacher batch size while filling the cache")
     cycle: bool = Field(True, description="replay epoch e as cached epoch e mod epochs when training "
                                           "runs longer than the cache; false: such a run is an error")

@@ -16,6 +16,12 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message names the file."""
 
 
+def mismatch_reason(exc: RuntimeError) -> str:
+    """The first specific line of a ``load_state_dict`` error (a missing key, a size mismatch)."""
+    text = str(exc)
+    return text.split("\n\t")[1] if "\n\t" in text else text.splitlines()[0]
+
+
 def save_atomic(state: dict[str, Any], path: str | Path) -> None:
     """Write ``state`` so that ``path`` holds either the previous or the new checkpoint, never half."""
     path = Path(path)

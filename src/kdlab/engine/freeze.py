@@ -36,6 +36,11 @@ class StageFreezer:
             return True
         return train_only is not None and not _under(path, train_only)
 
+    def trainable(self, freeze: tuple[str, ...], train_only: tuple[str, ...] | None) -> int:
+        """How many parameter values a stage with this ``freeze`` / ``train_only`` would train."""
+        return sum(p.numel() for name, p in self.module.named_parameters()
+                   if self.base[name] and not self.is_frozen(name, freeze, train_only))
+
     def apply(self, freeze: tuple[str, ...], train_only: tuple[str, ...] | None) -> None:
         for name, param in self.module.named_parameters():
             param.requires_grad_(self.base[name] and not self.is_frozen(name, freeze, train_only))

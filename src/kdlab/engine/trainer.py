@@ -105,6 +105,13 @@ class Trainer:
                 if unknown:
                     raise ConfigError(f"stages.{i}.weights: unknown loss term {sorted(unknown)[0]!r}; "
                                       f"terms: {', '.join(self.base_weights)}")
+            if not any({**self.base_weights, **(stage.weights or {})}.values()):
+                key = f"stages.{i}.weights" if stage.weights else "method.weights"
+                raise ConfigError(f"{key}: every loss term of {type(distiller).__name__} has weight 0 in "
+                                  f"stage {stage.name!r}; give at least one term a positive weight")
+            if not self.freezer.trainable(stage.freeze, stage.train_only):
+                raise ConfigError(f"stages.{i}: freeze / train_only leave stage {stage.name!r} no parameter "
+                                  "to train")
         self.stage_index = -1
         self.model: nn.Module = distiller
 
@@ -160,10 +167,13 @@ class Trainer:
 
     # ------------------------------------------------------------------ training
     def fit(self, resume_from: Path | None = None) -> dict[str, dict[str, float]]:
-        """Train to the end of the budget (or until a callback stops it); returns the last evaluation."""
+        """Train to the end of the budget (or until a callback stops it); returns the last evaluation.
+
+        Resumes from ``resume_from`` when given; otherwise starts at stage 0, unless the caller has
+        already entered a stage or loaded a checkpoint."""
         if resume_from is not None:
             self.load_checkpoint(resume_from)
-        else:
+        elif self.stage_index < 0:
             self.enter_stage(0)
         for callback in self.callbacks:
             callback.on_fit_start(self)
@@ -365,7 +375,11 @@ class Trainer:
         state = checkpoint.load(path, map_location=self.device)
         if state.get("format") != CHECKPOINT_FORMAT or "optimizer" not in state:
             raise checkpoint.CheckpointError(f"{path}: not a resumable kdlab checkpoint")
-        self.distiller.load_state_dict(state["model"])
+        try:
+            self.distiller.load_state_dict(state["model"])
+        except RuntimeError as exc:
+            raise checkpoint.CheckpointError(f"{path}: its weights do not fit this run's models "
+                                             f"({checkpoint.mismatch_reason(exc)})") from None
         self.step = state["step"]
         if self.step > self.total_steps:
             raise checkpoint.CheckpointError(

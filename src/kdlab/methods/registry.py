@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from pydantic import ValidationError
 from torch import nn
@@ -32,6 +34,18 @@ def resolve_weights(method: type[Distiller], name: str, weights: Mapping[str, fl
     return {**method.default_weights, **weights}
 
 
+def non_finite_key(value: Any, path: str) -> str | None:
+    """The dotted path of the first infinite or NaN float inside nested dicts and lists, or None."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else path
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        found = non_finite_key(item, f"{path}.{key}")
+        if found is not None:
+            return found
+    return None
+
+
 def build_distiller(
     config: MethodConfig,
     student: nn.Module,
@@ -47,6 +61,9 @@ def build_distiller(
         params = method.validate_params(config.params)
     except ValidationError as exc:
         raise ConfigError(explain(exc, "config", method.Params, prefix="method.params.")) from None
+    bad = non_finite_key(params.model_dump(), "method.params")
+    if bad is not None:
+        raise ConfigError(f"{bad}: must be a finite number")
     weights = resolve_weights(method, config.name, config.weights)
     distiller = method(
         student, teacher, params, context, student_norm=student_norm, teacher_norm=teacher_norm

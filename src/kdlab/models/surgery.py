@@ -7,7 +7,12 @@ import os
 import torch
 from torch import nn
 
+from kdlab.engine.checkpoint import mismatch_reason
 from kdlab.models.hooks import find_module
+
+
+class WeightFileError(ValueError):
+    """A ``pretrained`` weight file that is missing, unreadable or made for another model."""
 
 
 def set_module(model: nn.Module, path: str, module: nn.Module) -> None:
@@ -74,13 +79,22 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     A checkpoint dict holding the weights under ``"model"`` or ``"state_dict"`` (RepDistiller's
     format, Lightning's) is unwrapped, and a ``"module."`` prefix (DataParallel/DDP) is removed.
     """
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    where = os.fspath(path)
+    if not os.path.isfile(where):
+        raise WeightFileError(f"{where!r} not found (expected a state dict file saved with torch.save)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # any unreadable file is one user-facing error
+        raise WeightFileError(f"{where!r} is not a readable state dict file ({type(exc).__name__})") from None
+    if isinstance(state, dict) and "config" in state and "format" in state:
+        raise WeightFileError(f"{where!r} is a kdlab checkpoint: give it (or its run directory) as the "
+                              "model's 'checkpoint', not 'pretrained'")
     for key in ("model", "state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
             break
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{os.fspath(path)!r} does not hold a state dict of tensors")
+        raise WeightFileError(f"{where!r} does not hold a state dict of tensors")
     if state and all(k.startswith("module.") for k in state):
         state = {k.removeprefix("module."): v for k, v in state.items()}
     return state
@@ -99,6 +113,6 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str], classifier: str
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
-        where = os.fspath(path)
-        raise ValueError(f"the weights in {where!r} do not fit {type(model).__name__}: {err}") from err
+        raise WeightFileError(f"the weights in {os.fspath(path)!r} do not fit {type(model).__name__}: "
+                              f"{mismatch_reason(err)}") from None
     resize_head(model, classifier, num_classes)
