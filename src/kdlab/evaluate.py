@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from kdlab.config.compare import SPLIT_KEYS, first_change
+from kdlab.config.load import ConfigError
 from kdlab.engine import checkpoint
 from kdlab.engine.metrics import evaluate_model
 from kdlab.engine.precision import resolve_precision
@@ -17,6 +19,10 @@ def evaluate_checkpoint(location: str | Path, overrides: Sequence[str] = (),
     """Metrics of the student (or another model of the run: ``model``) in a checkpoint or run directory
     on the requested splits."""
     saved = load_saved_model(location, overrides, model=model)
+    change = first_change(saved.state["config"], saved.config.model_dump(mode="json"), SPLIT_KEYS)
+    if change is not None and "val" in (splits or []):
+        raise ConfigError(f"{change[0]}: changing it changes which samples form the validation split, "
+                          "so it would hold samples the model trained on; evaluate --split test instead")
     device = next(saved.model.parameters()).device
     precision = resolve_precision(saved.config.train.precision, device)
     results: dict[str, Any] = {"checkpoint": str(saved.path), "model": model, "step": saved.state.get("step")}

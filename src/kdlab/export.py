@@ -26,6 +26,9 @@ import copy
 import io
 import json
 import logging
+import os
+import shutil
+import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -125,13 +128,28 @@ def export_student(location: str | Path, out_dir: str | Path, overrides: Sequenc
         expected = network(batch)
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    report: dict[str, Any] = {
-        "checkpoint": str(path), "model": saved.architecture, "run_model": model,
-        "num_classes": data.num_classes,
-        "input_shape": list(data.input_shape), "mean": list(data.mean), "std": list(data.std),
-        "check_batch": int(batch.shape[0]), "files": {}, "max_abs_diff": {},
-    }
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"--out: {out} is a file, not a folder for the exported files")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
+    try:
+        report = {"checkpoint": str(path), "model": saved.architecture, "run_model": model,
+                  "num_classes": data.num_classes, "input_shape": list(data.input_shape),
+                  "mean": list(data.mean), "std": list(data.std), "check_batch": int(batch.shape[0]),
+                  **_write_formats(network, batch, expected, staging, formats, atol, rtol)}
+        (staging / "export.json").write_text(json.dumps(report, indent=2) + "\n")
+        out.mkdir(exist_ok=True)
+        for file in staging.iterdir():
+            os.replace(file, out / file.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return report
+
+
+def _write_formats(network: nn.Module, batch: Tensor, expected: Tensor, out: Path, formats: Sequence[str],
+                   atol: float, rtol: float) -> dict[str, Any]:
+    """Write and check each format in ``out``: the ``files`` and ``max_abs_diff`` of ``export.json``."""
+    report: dict[str, Any] = {"files": {}, "max_abs_diff": {}}
     if "state_dict" in formats:
         target = out / "model.pt"
         torch.save({k: v.detach().clone() for k, v in network.state_dict().items()}, target)
@@ -151,5 +169,4 @@ def export_student(location: str | Path, out_dir: str | Path, overrides: Sequenc
         target = out / "model.onnx"
         report["max_abs_diff"]["onnx"] = _check("ONNX", _onnx(network, batch, target), expected, atol, rtol)
         report["files"]["onnx"] = target.name
-    (out / "export.json").write_text(json.dumps(report, indent=2) + "\n")
     return report

@@ -15,6 +15,7 @@ student, also under averaging). ``summary.json`` names that file under ``checkpo
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import random
@@ -148,7 +149,7 @@ def load_saved_model(location: str | Path, overrides: Sequence[str] = (), *, dev
     state = checkpoint.load(path)
     if not isinstance(state.get("config"), dict) or not isinstance(state.get("model"), dict):
         raise checkpoint.CheckpointError(f"{path}: not a kdlab checkpoint (no config or model)")
-    config = validate(apply_overrides(state["config"], overrides), source=str(path))
+    config = validate(apply_overrides(copy.deepcopy(state["config"]), overrides), source=str(path))
     if device is not None:
         config.train.device = device
     target = resolve_device(config.train.device)
@@ -367,6 +368,8 @@ def train(
                           config=config.model_dump(mode="json"),
                           select_model=MODEL_NAME if averager is not None else distiller.select_model,
                           class_breakdown=class_breakdown(config, data))
+        if averager is not None:
+            averager.check_budget(trainer)
         if resume_from is not None:
             trainer.load_checkpoint(resume_from)
         else:

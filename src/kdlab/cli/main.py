@@ -7,7 +7,7 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from kdlab.config.load import ConfigError, load_config
@@ -16,8 +16,10 @@ from kdlab.engine import distributed
 from kdlab.engine.checkpoint import CheckpointError
 from kdlab.engine.errors import NonFiniteLossError
 from kdlab.registry import UnknownNameError
+from kdlab.teacher_cache.layout import CacheError
 
-USER_ERRORS = (ConfigError, CheckpointError, DatasetNotFoundError, NonFiniteLossError, UnknownNameError)
+USER_ERRORS = (ConfigError, CheckpointError, CacheError, DatasetNotFoundError, NonFiniteLossError,
+               UnknownNameError)
 CHECKPOINT_HELP = "a kdlab checkpoint, or a run directory (the model its summary reports: averaged.pt, " \
                   "best.pt or last.pt)"
 MODEL_HELP = "the student (default), or another model the method evaluates, e.g. peer1 of a dml cohort"
@@ -143,6 +145,21 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def count(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number of at least ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="kdlab", description="Knowledge distillation for image classifiers.")
     sub = top.add_subparsers(dest="command", required=True)
@@ -157,8 +174,9 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("cache-teacher", help="fill a replayable teacher-output cache (teacher_cache section)")
     p.add_argument("config", help="the run's YAML config; its teacher_cache section says where and what")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. teacher_cache.epochs=20")
-    p.add_argument("--shard", type=int, default=0, help="this process's share of the work: 0..num-shards-1")
-    p.add_argument("--num-shards", type=int, default=1, help="processes filling the cache together")
+    p.add_argument("--shard", type=count(0), default=0,
+                   help="this process's share of the work: 0..num-shards-1")
+    p.add_argument("--num-shards", type=count(1), default=1, help="processes filling the cache together")
     p.set_defaults(func=cmd_cache_teacher)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint (a .pt file or a run directory)")
@@ -169,8 +187,8 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("demo", help="teacher, student and KD student on scikit-learn digits")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--seed", type=count(0), default=0)
+    p.add_argument("--epochs", type=count(1), default=20)
     p.add_argument("--out-dir", default="runs")
     p.set_defaults(func=cmd_demo)
 
@@ -178,8 +196,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("configs", nargs="+", help="student configs (YAML), then KEY=VALUE overrides for all runs")
     p.add_argument("--teacher", metavar="CONFIG",
                    help="teacher config, trained on the source domains per target and seed")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds (also the in/out split seed)")
-    p.add_argument("--split-seed", type=int,
+    p.add_argument("--seeds", type=count(0), nargs="+", default=[0],
+                   help="seeds (also the in/out split seed)")
+    p.add_argument("--split-seed", type=count(0),
                    help="one in/out split for every seed (and one teacher per target); default: split = seed")
     p.add_argument("--targets", nargs="+", help="target domains by index or name (default: all)")
     p.add_argument("--out-dir", default="runs/dg")
@@ -192,13 +211,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR", help="where model.pt, .torchscript.pt, .onnx go")
     p.add_argument("--format", choices=["state_dict", "torchscript", "onnx"], action="append",
                    help="default: all three")
-    p.add_argument("--check-batch", type=int, default=32, help="test images compared against PyTorch")
+    p.add_argument("--check-batch", type=count(1), default=32, help="test images compared against PyTorch")
     p.add_argument("--model", default="student", help=MODEL_HELP)
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("study", help="run a grid of runs (methods x conditions x pairs x seeds), resumably")
     p.add_argument("study", help="study YAML file")
-    p.add_argument("--workers", type=int, help="parallel runs (default: the study file's 'workers')")
+    p.add_argument("--workers", type=count(1), help="parallel runs (default: the study file's 'workers')")
     p.add_argument("--dry-run", action="store_true", help="list the runs and exit")
     p.set_defaults(func=cmd_study)
 

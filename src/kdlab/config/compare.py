@@ -7,10 +7,10 @@ from typing import Any
 
 #: a resumed run keeps what it trains on and what it trains: its data, models, method, plan and seed
 RESUME_FIXED = ("data", "student", "teacher", "teachers", "method", "averaging", "stages", "train.seed")
-#: data settings that only change how batches are made, not which samples or labels they hold
-RESUME_FREE = ("data.num_workers", "data.eval_batch_size", "data.device_resident")
+#: data settings that say where the data is or how batches are made, not which samples or labels they hold
+RESUME_FREE = ("data.root", "data.num_workers", "data.eval_batch_size", "data.device_resident")
 #: the settings that decide which samples (and labels) make up the training and validation splits
-SPLIT_KEYS = ("data.name", "data.root", "data.val_fraction", "data.split_seed", "data.subset", "data.noise",
+SPLIT_KEYS = ("data.name", "data.val_fraction", "data.split_seed", "data.subset", "data.noise",
               "data.imbalance", "data.options")
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, field_validator, model_validator
 
 #: a seed numpy, torch and Python all accept
 Seed = Annotated[int, Field(ge=0, lt=2**32)]
@@ -203,7 +203,14 @@ class RunConfig(Section):
     averaging: AveragingConfig = Field(default_factory=AveragingConfig)
     teacher_cache: TeacherCacheConfig | None = None
     out_dir: str = "runs"
-    name: str | None = None
+    name: str | None = Field(None, description="the run directory's name under out_dir (default: made up)")
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, name: str | None) -> str | None:
+        if name is not None and (not name.strip() or name in (".", "..") or "/" in name or "\\" in name):
+            raise ValueError("a run name is one folder name under out_dir: no '/', '\\', '.' or '..'")
+        return name
 
     @model_validator(mode="after")
     def _budget(self) -> RunConfig:

@@ -115,6 +115,9 @@ def plan(configs: Sequence[str | Path], overrides: Sequence[str] = (), *, teache
             [spec.domain_index(t) for t in targets]
     except ValueError as exc:
         raise ConfigError(f"--targets: {exc}") from None
+    for flag, values in (("--targets", chosen), ("--seeds", list(seeds))):
+        if len(set(values)) != len(values):
+            raise ConfigError(f"{flag}: each may be given once (got {' '.join(map(str, values))})")
     teacher_tree = _tree(teacher, overrides) if teacher is not None else None
     if teacher_tree is not None:
         for _, tree, source in students:

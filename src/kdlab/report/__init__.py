@@ -54,6 +54,8 @@ def write_report(location: str | Path, out: str | Path | None = None, split: str
     baseline = settings.get("baseline", "ce")
     split = split or settings.get("report", {}).get("split", "test_last")
     out = Path(out) if out is not None else root / "report"
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out: {out} is a file, not a folder for the report")
     out.mkdir(parents=True, exist_ok=True)
     students = [r for r in records if r["role"] == "student"]
     seeds = ordered(r["seed"] for r in students)

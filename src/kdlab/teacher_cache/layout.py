@@ -80,10 +80,32 @@ class CacheLayout:
         if not self.meta_path.is_file():
             raise CacheError(f"teacher_cache.path: {self.root} holds no teacher cache ({META} missing); "
                              "fill it with: kdlab cache-teacher CONFIG")
-        return json.loads(self.meta_path.read_text())
+        try:
+            meta = json.loads(self.meta_path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise CacheError(f"teacher_cache.path: {self.meta_path} is damaged ({type(exc).__name__}); "
+                             "delete the cache and fill it again with: kdlab cache-teacher CONFIG") from None
+        if not isinstance(meta, dict):
+            raise CacheError(f"teacher_cache.path: {self.meta_path} is damaged (not a JSON object); delete "
+                             "the cache and fill it again with: kdlab cache-teacher CONFIG")
+        return meta
 
     def open_arrays(self, meta: dict[str, Any], mode: str = "r") -> dict[str, np.memmap]:
-        return {name: np.load(self.root / f"{name}.npy", mmap_mode=mode) for name in array_specs(meta)}
+        """Every array of the cache, memory-mapped; a missing, truncated or reshaped file is refused."""
+        arrays = {}
+        for name, (shape, dtype) in array_specs(meta).items():
+            path = self.root / f"{name}.npy"
+            try:
+                arrays[name] = np.load(path, mmap_mode=mode)
+            except (OSError, ValueError) as exc:
+                reason = str(exc).splitlines()[0]
+                raise CacheError(f"teacher_cache.path: {path} is damaged ({reason}); delete the cache and "
+                                 "fill it again with: kdlab cache-teacher CONFIG") from None
+            if arrays[name].shape != tuple(shape) or arrays[name].dtype != dtype:
+                raise CacheError(f"teacher_cache.path: {path} holds {arrays[name].shape} "
+                                 f"{arrays[name].dtype}, but {META} describes {tuple(shape)} {dtype}; "
+                                 "delete the cache and fill it again")
+        return arrays
 
     def create(self, meta: dict[str, Any]) -> None:
         """Write ``meta`` and empty (sparse) arrays into a fresh directory, then move it into place.
@@ -91,6 +113,8 @@ class CacheLayout:
         When another process got there first the directory is left as it is; the caller then checks
         that its ``meta.json`` describes the same cache.
         """
+        if self.root.exists() and not self.root.is_dir():
+            raise CacheError(f"teacher_cache.path: {self.root} is a file, not a cache directory")
         staging = self.root.with_name(f"{self.root.name}.tmp-{os.getpid()}")
         shutil.rmtree(staging, ignore_errors=True)
         (staging / "parts").mkdir(parents=True)

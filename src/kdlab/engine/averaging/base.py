@@ -100,6 +100,20 @@ class AveragingStrategy(Callback):
     def describe_extra(self) -> dict[str, Any]:
         return {}
 
+    def first_iterate(self, trainer: Trainer) -> int | None:
+        """The first step this strategy will average in a run of ``trainer.total_steps`` steps, or
+        None where that depends on the run itself (SWAD's validation loss)."""
+        return None
+
+    def check_budget(self, trainer: Trainer) -> None:
+        """Refuse a strategy whose first averaged step lies past the end of the run: its "average"
+        would only be the online student."""
+        first = self.first_iterate(trainer)
+        if first is not None and first > trainer.total_steps:
+            raise ConfigError(f"averaging.params: {self.key} would average nothing: its first averaged "
+                              f"step is {first}, after the run's last step {trainer.total_steps}; start it "
+                              "earlier or train longer")
+
     # ------------------------------------------------------------------ callback hooks
     def on_fit_start(self, trainer: Trainer) -> None:
         layers = batchnorm_layers(trainer.distiller.student)

@@ -45,6 +45,9 @@ class EMA(AveragingStrategy):
     Params = EMAParams
     report = "last"
 
+    def first_iterate(self, trainer: Trainer) -> int:
+        return self.params.start_step
+
     def on_step_end(self, trainer: Trainer) -> None:
         if trainer.step >= self.params.start_step:
             self.ema(trainer.step, ema_decay(self.params, self.iterates + 1))

@@ -32,5 +32,5 @@ class SMA(DenseUniform):
     report = "selected"
     uses_validation = True
 
-    def setup(self, trainer: Trainer) -> None:
-        self.start = self.params.start_step
+    def first_iterate(self, trainer: Trainer) -> int:
+        return self.params.start_step

@@ -35,6 +35,12 @@ class SWA(AveragingStrategy):
     def setup(self, trainer: Trainer) -> None:
         self.start = start_step(trainer, self.params.start_fraction)
 
+    def first_iterate(self, trainer: Trainer) -> int:
+        """Every epoch ends by the end of the run, so its first snapshot is the start step's; with
+        ``cycle_steps``, the first multiple of it from the start step on."""
+        start, cycle = start_step(trainer, self.params.start_fraction), self.params.cycle_steps
+        return start if cycle is None else -(-start // cycle) * cycle
+
     def _snapshot(self, trainer: Trainer) -> None:
         if trainer.step >= self.start and trainer.step != self.last_step:
             self.fold(trainer.step)

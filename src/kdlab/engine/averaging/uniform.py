@@ -16,9 +16,12 @@ if TYPE_CHECKING:
 
 
 class DenseUniform(AveragingStrategy):
-    """Subclasses set ``self.start`` in :meth:`setup`."""
+    """Subclasses say where the average starts in :meth:`first_iterate`."""
 
     start: int = 1
+
+    def setup(self, trainer: Trainer) -> None:
+        self.start = self.first_iterate(trainer)
 
     def on_step_end(self, trainer: Trainer) -> None:
         if trainer.step >= self.start:

@@ -33,5 +33,5 @@ class WAKD(DenseUniform):
     Params = WAKDParams
     report = "last"
 
-    def setup(self, trainer: Trainer) -> None:
-        self.start = start_step(trainer, self.params.start_fraction)
+    def first_iterate(self, trainer: Trainer) -> int:
+        return start_step(trainer, self.params.start_fraction)
