@@ -66,6 +66,9 @@ def teacher_file(tmp_path):
     (["student.mean=[0.5,0.5,0.5]", "student.std=[0.2,0.2,0.2]"], "mean/std have 3/3 values"),
     (["student.pretrained=/nonexistent/weights.pt"], "student.pretrained"),
     (["method.name=kd", "method.params.temperature=.inf"], "method.params.temperature"),
+    (["averaging.params.decay=0.9"], "strategy is 'none'"),
+    (['data.noise={"type": "pairflip", "rate": 0.2, "include_true_class": true}'], "include_true_class"),
+    (['data.noise={"type": "symmetric", "rate": 0.2, "flip_map": {"3": "4"}}'], "flip_map applies"),
 ])
 def test_config_mistakes_are_one_line(tmp_path, capsys, quick, teacher_file, overrides, expected):
     tree = quick()

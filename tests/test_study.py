@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -266,3 +267,14 @@ def test_shipped_studies_expand_into_valid_runs(path):
         resolve_weights(method, run.method.name, run.method.weights)
         method.validate_params(run.method.params)
         assert (run.teacher is not None) == method.needs_teacher
+
+
+@pytest.mark.parametrize(("changes", "expected"), [
+    ({"pairs": [{"teacher": "cnn_tiny", "student": "cnn_smal"}]}, "student.name: unknown model 'cnn_smal'"),
+    ({"methods": [{"name": "ce"}, {"name": "kd", "params": {"temprature": 4}}]}, "method.params.temprature"),
+    ({"methods": [{"name": "ce"}, {"name": "kd", "weights": {"kdd": 1}}]}, "method.weights.kdd"),
+])
+def test_check_finds_what_runs_would_refuse_before_any_starts(tmp_path, changes, expected):
+    make_study(tmp_path).check()
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        make_study(tmp_path, **changes).check()

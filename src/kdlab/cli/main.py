@@ -76,6 +76,7 @@ def cmd_study(args: argparse.Namespace) -> int:
 
     config, folder = load_study(args.study)
     study = Study(config, folder, workers=args.workers)
+    study.check()
     if args.dry_run:
         for job in study.jobs:
             print(f"{job.id}" + (f"  (after {job.depends})" if job.depends else ""))

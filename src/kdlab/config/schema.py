@@ -32,6 +32,14 @@ class NoiseConfig(Section):
     val: Literal["noisy", "clean"] = Field("noisy", description="noisy validation labels too, or clean")
     labels: str | None = Field(None, description="reuse a noisy_labels.pt (from a run dir or a study)")
 
+    @model_validator(mode="after")
+    def _applies(self) -> NoiseConfig:
+        if self.flip_map is not None and self.type != "asymmetric":
+            raise ValueError(f"flip_map applies to type 'asymmetric' only, not {self.type!r}")
+        if self.include_true_class and self.type != "symmetric":
+            raise ValueError(f"include_true_class applies to type 'symmetric' only, not {self.type!r}")
+        return self
+
 
 class ImbalanceConfig(Section):
     """Long-tailed training (and validation) class sizes; see ``kdlab.data.corruption.imbalance``."""
@@ -167,6 +175,12 @@ class AveragingConfig(Section):
     params: dict[str, Any] = Field(default_factory=dict)
     buffers: Literal["average", "recalibrate"] = "average"
     bn_batches: int = Field(100, gt=0)
+
+    @model_validator(mode="after")
+    def _params_need_a_strategy(self) -> AveragingConfig:
+        if self.strategy == "none" and self.params:
+            raise ValueError("params are given but strategy is 'none'; set averaging.strategy")
+        return self
 
 
 class TeacherCacheConfig(Section):

@@ -32,9 +32,12 @@ from typing import Any, Protocol
 
 import torch
 import yaml
+from pydantic import ValidationError
 
-from kdlab.config.load import ConfigError, validate
+from kdlab.config.load import ConfigError, explain, validate
 from kdlab.engine import checkpoint
+from kdlab.methods.registry import METHODS, resolve_weights
+from kdlab.models.registry import MODELS
 from kdlab.protocols.grid import Job, expand
 from kdlab.protocols.records import (
     RESULTS,
@@ -46,6 +49,7 @@ from kdlab.protocols.records import (
     write_status,
 )
 from kdlab.protocols.study_schema import StudyConfig
+from kdlab.registry import UnknownNameError
 
 
 class Process(Protocol):
@@ -145,6 +149,28 @@ class Study:
             if job.labels_key is not None:
                 job.tree["data"]["noise"]["labels"] = str(labels / f"{job.labels_key}.pt")
             validate(job.tree, source=f"study job {job.id}")
+
+    def check(self) -> None:
+        """Every job's config is valid, names models of the zoo (or torchvision:/timm:) and gives its
+        method parameters and loss weights it knows: what a run would refuse at its start, found
+        before any run starts."""
+        for job in self.jobs:
+            source = f"study job {job.id}"
+            config = validate(job.tree, source=source)
+            models = [("student", config.student), ("teacher", config.teacher),
+                      *((f"teachers.{i}", m) for i, m in enumerate(config.teachers))]
+            for key, model in models:
+                if model is not None and ":" not in model.name and model.name not in MODELS:
+                    try:
+                        MODELS.get(model.name)
+                    except UnknownNameError as exc:
+                        raise ConfigError(f"{source}: {key}.name: {exc}") from None
+            method = METHODS.get(config.method.name)
+            try:
+                method.validate_params(config.method.params)
+            except ValidationError as exc:
+                raise ConfigError(explain(exc, source, method.Params, prefix="method.params.")) from None
+            resolve_weights(method, config.method.name, config.method.weights)
 
     def _make_labels(self, job: Job) -> None:
         """Draw the condition's noisy labels once (from this job's data settings) into ``labels/``."""
