@@ -144,13 +144,15 @@ def test_export_to_a_file_is_one_line_and_an_export_leaves_no_staging_folder(tmp
     assert not [p for p in tmp_path.iterdir() if ".export-" in p.name]
 
 
-def test_damaged_teacher_cache_is_one_line(tmp_path, capsys, quick, teacher_file):
+def test_damaged_or_differently_made_teacher_cache_is_one_line(tmp_path, capsys, quick, teacher_file):
     tree = quick(name="cached", method={"name": "kd"},
                  teacher={"name": "cnn_tiny", "checkpoint": teacher_file},
                  teacher_cache={"path": str(tmp_path / "cache"), "epochs": 1})
     config = write(tmp_path, tree)
     assert main(["cache-teacher", config]) == 0
     capsys.readouterr()
+    err = one_line_error(capsys, ["train", config, "teacher_cache.outputs=topk", "teacher_cache.topk=3"])
+    assert "different outputs" in err
     logits = tmp_path / "cache" / "logits.npy"
     np.save(logits, np.zeros((1, 3), dtype=np.float16))
     assert "logits.npy" in one_line_error(capsys, ["train", config])

@@ -42,8 +42,6 @@ def cache_meta(config: RunConfig, signature: dict[str, Any]) -> dict[str, Any]:
         "features": signature.get("features", []),
         "epochs": cache.epochs,
         "seed": cache.seed,
-        "outputs": cache.outputs,
-        "topk": cache.topk if cache.outputs == "topk" else None,
         "chunk_size": cache.batch_size * CHUNK_BATCHES,
         "teacher": config.teacher.model_dump(mode="json") if config.teacher is not None else
         [t.model_dump(mode="json") for t in config.teachers],

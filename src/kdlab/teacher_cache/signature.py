@@ -57,6 +57,8 @@ def run_signature(config: RunConfig, data: DataBundle, distiller: Distiller) -> 
         "data_sha256": data_sha256(data.train),
         "augment": data.train.augment_spec(),
         "teacher_sha256": module_sha256(distiller.teacher),
+        "outputs": cache.outputs,
+        "topk": cache.topk if cache.outputs == "topk" else None,
         "normalization": {"data": [list(data.mean), list(data.std)],
                           "teacher": [teacher.mean, teacher.std] if teacher is not None else None},
     }
