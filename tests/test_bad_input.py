@@ -177,3 +177,15 @@ def test_report_to_a_file_is_one_line(tmp_path, capsys):
     results.write_text(json.dumps({"role": "student", "method": "ce", "seed": 0}) + "\n")
     assert main(["report", str(results.parent), "--out", str(blocker)]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_a_model_that_cannot_take_the_images_is_refused_before_training():
+    from kdlab.config import ConfigError
+    from kdlab.run import check_input_shape
+
+    model = build_model("cnn_tiny", 10, in_channels=1).train()
+    check_input_shape(model, (1, 8, 8), "student.name")
+    assert model.training
+    with pytest.raises(ConfigError, match="student.name: .* cannot take the data's 1x2x2 images"):
+        check_input_shape(model, (1, 2, 2), "student.name")
+    assert model.training

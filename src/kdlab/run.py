@@ -176,11 +176,28 @@ def build_network(config: ModelConfig, data: DataBundle, key: str) -> nn.Module:
         raise ConfigError(f"{key}.pretrained: {exc}") from None
     except (KeyError, ValueError, TypeError) as exc:
         raise ConfigError(f"{key}.name: {exc}") from None
+    check_input_shape(model, data.input_shape, f"{key}.name")
     if config.checkpoint is not None:
         load_weights(model, config.checkpoint, f"{key}.checkpoint")
     if config.freeze_bn:
         freeze_batchnorm(model)
     return model
+
+
+def check_input_shape(model: nn.Module, shape: Sequence[int], key: str) -> None:
+    """One forward of two zero images of the data's ``shape``: a model that cannot take them (too
+    small for its pooling, say) is refused before training instead of failing at its first step."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(2, *shape))
+    except RuntimeError as exc:
+        raise ConfigError(f"{key}: {type(model).__name__} cannot take the data's {'x'.join(map(str, shape))} "
+                          f"images ({str(exc).splitlines()[0][:160]}); change data.image_size or the model"
+                          ) from None
+    finally:
+        model.train(was_training)
 
 
 def normalization(config: ModelConfig | None, data: DataBundle) -> tuple[list[float], list[float]]:

@@ -45,7 +45,8 @@ def write_status(study_dir: Path, job_id: str, **fields: Any) -> dict[str, Any]:
 
 
 def read_results(path: Path) -> list[dict[str, Any]]:
-    """The lines of a ``results.jsonl`` (a torn last line, from a crash mid-write, is skipped)."""
+    """The lines of a ``results.jsonl``. A torn line (a crash mid-write, which the next append may
+    extend) is skipped: its run is then not listed, and the study lists it again from its summary."""
     if not path.is_file():
         return []
     records = []
