@@ -278,3 +278,10 @@ def test_check_finds_what_runs_would_refuse_before_any_starts(tmp_path, changes,
     make_study(tmp_path).check()
     with pytest.raises(ConfigError, match=re.escape(expected)):
         make_study(tmp_path, **changes).check()
+
+
+def test_run_checks_every_job_before_writing_anything(tmp_path):
+    study = make_study(tmp_path, pairs=[{"teacher": "cnn_tiny", "student": "cnn_smal"}])
+    with pytest.raises(ConfigError, match="unknown model 'cnn_smal'"):
+        study.run()
+    assert not (study.dir / "study.yaml").exists() and not (study.dir / "runs").exists()

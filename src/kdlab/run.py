@@ -257,8 +257,8 @@ def check_resumable(config: RunConfig, run_dir: Path) -> Path:
 
 @contextlib.contextmanager
 def setup_mistakes() -> Iterator[None]:
-    """A ``ValueError`` while a run is being set up comes from its config: re-raised as a one-line
-    ``ConfigError`` (checkpoint errors stay as they are)."""
+    """A ``ValueError`` while a run is being set up (a cache too short for the run, say) comes from its
+    config: re-raised as a one-line ``ConfigError`` (checkpoint errors stay as they are)."""
     try:
         yield
     except (ConfigError, checkpoint.CheckpointError):
@@ -376,10 +376,7 @@ def train(
         stages = plan_stages(config, None if config.stages else distiller.default_stages(config))
         if replay is not None:
             clock = StageClock(stages, len(data.train))
-            try:
-                replay.require(clock.data_epoch(clock.total_steps - 1)[0] + 1)
-            except CacheError as exc:
-                raise ConfigError(str(exc)) from None
+            replay.require(clock.data_epoch(clock.total_steps - 1)[0] + 1)
         trainer = Trainer(distiller, data.train, data.val, stages=stages, train=config.train,
                           device=device, run_dir=run_dir, callbacks=callbacks,
                           config=config.model_dump(mode="json"),

@@ -76,8 +76,8 @@ def cmd_study(args: argparse.Namespace) -> int:
 
     config, folder = load_study(args.study)
     study = Study(config, folder, workers=args.workers)
-    study.check()
     if args.dry_run:
+        study.check()
         for job in study.jobs:
             print(f"{job.id}" + (f"  (after {job.depends})" if job.depends else ""))
         print(f"{len(study.jobs)} runs in {study.dir}")

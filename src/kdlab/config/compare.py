@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 #: a resumed run keeps what it trains on and what it trains: its data, models, method, plan and seed
@@ -26,7 +26,8 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _under(path: str, prefixes: Sequence[str]) -> bool:
+def is_under(path: str, prefixes: Iterable[str]) -> bool:
+    """Whether dotted ``path`` is one of ``prefixes`` or lies inside one (``a.b`` is under ``a``)."""
     return any(path == p or path.startswith(p + ".") for p in prefixes)
 
 
@@ -36,6 +37,6 @@ def first_change(old: Mapping[str, Any], new: Mapping[str, Any], fixed: Sequence
     two trees, with its old and new values (``None`` where a tree lacks it); None when all agree."""
     flat_old, flat_new = flatten(old), flatten(new)
     for path in sorted(flat_old.keys() | flat_new.keys()):
-        if _under(path, fixed) and not _under(path, free) and flat_old.get(path) != flat_new.get(path):
+        if is_under(path, fixed) and not is_under(path, free) and flat_old.get(path) != flat_new.get(path):
             return path, flat_old.get(path), flat_new.get(path)
     return None

@@ -14,6 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, field_validato
 Seed = Annotated[int, Field(ge=0, lt=2**32)]
 #: a loss-term weight: 0 switches the term off; a negative weight would maximize the loss
 Weight = Annotated[float, Field(ge=0)]
+#: an Adam moment decay
+Beta = Annotated[float, Field(ge=0, lt=1)]
 
 
 class Section(BaseModel):
@@ -101,7 +103,7 @@ class OptimConfig(Section):
     momentum: float = Field(0.9, ge=0, lt=1)
     nesterov: bool = False
     weight_decay: float = Field(5e-4, ge=0)
-    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
+    betas: tuple[Beta, Beta] = (0.9, 0.999)
     no_decay_norm_bias: bool = Field(False, description="no weight decay on norm layers and biases")
 
 

@@ -6,12 +6,9 @@ from collections.abc import Iterable
 
 from torch import nn
 
+from kdlab.config.compare import is_under
 from kdlab.config.load import ConfigError
 from kdlab.registry import closest
-
-
-def _under(path: str, prefixes: Iterable[str]) -> bool:
-    return any(path == p or path.startswith(p + ".") for p in prefixes)
 
 
 def check_paths(module: nn.Module, paths: Iterable[str], key: str) -> None:
@@ -32,18 +29,22 @@ class StageFreezer:
         self.frozen_leaves: list[nn.Module] = []
 
     def is_frozen(self, path: str, freeze: tuple[str, ...], train_only: tuple[str, ...] | None) -> bool:
-        if _under(path, freeze):
+        if is_under(path, freeze):
             return True
-        return train_only is not None and not _under(path, train_only)
+        return train_only is not None and not is_under(path, train_only)
+
+    def trains(self, name: str, freeze: tuple[str, ...], train_only: tuple[str, ...] | None) -> bool:
+        """Whether parameter ``name`` trains in a stage with this ``freeze`` / ``train_only``."""
+        return self.base[name] and not self.is_frozen(name, freeze, train_only)
 
     def trainable(self, freeze: tuple[str, ...], train_only: tuple[str, ...] | None) -> int:
         """How many parameter values a stage with this ``freeze`` / ``train_only`` would train."""
         return sum(p.numel() for name, p in self.module.named_parameters()
-                   if self.base[name] and not self.is_frozen(name, freeze, train_only))
+                   if self.trains(name, freeze, train_only))
 
     def apply(self, freeze: tuple[str, ...], train_only: tuple[str, ...] | None) -> None:
         for name, param in self.module.named_parameters():
-            param.requires_grad_(self.base[name] and not self.is_frozen(name, freeze, train_only))
+            param.requires_grad_(self.trains(name, freeze, train_only))
         self.frozen_leaves = [
             m for name, m in self.module.named_modules()
             if name and not any(m.children()) and self.is_frozen(name, freeze, train_only)

@@ -140,15 +140,15 @@ class Study:
             yield
 
     def _prepare(self) -> None:
-        for sub in ("configs", "runs", "logs", "status", "labels"):
-            (self.dir / sub).mkdir(parents=True, exist_ok=True)
-        (self.dir / "study.yaml").write_text(
-            yaml.safe_dump(self.config.model_dump(mode="json"), sort_keys=False))
         labels = (self.dir / "labels").resolve()
         for job in self.jobs:
             if job.labels_key is not None:
                 job.tree["data"]["noise"]["labels"] = str(labels / f"{job.labels_key}.pt")
-            validate(job.tree, source=f"study job {job.id}")
+        self.check()
+        for sub in ("configs", "runs", "logs", "status", "labels"):
+            (self.dir / sub).mkdir(parents=True, exist_ok=True)
+        (self.dir / "study.yaml").write_text(
+            yaml.safe_dump(self.config.model_dump(mode="json"), sort_keys=False))
 
     def check(self) -> None:
         """Every job's config is valid, names models of the zoo (or torchvision:/timm:) and gives its
