@@ -6,7 +6,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from torch import nn
 
 from kdlab.config.load import ConfigError, explain
@@ -46,6 +46,21 @@ def non_finite_key(value: Any, path: str) -> str | None:
     return None
 
 
+def resolve_method(config: MethodConfig, source: str = "config"
+                   ) -> tuple[type[Distiller], BaseModel, dict[str, float]]:
+    """The method ``config`` names, its parameters validated against the method's own schema (finite
+    numbers only) and its loss-term weights; any mistake is one ``ConfigError`` (``source`` says where)."""
+    method = METHODS.get(config.name)
+    try:
+        params = method.validate_params(config.params)
+    except ValidationError as exc:
+        raise ConfigError(explain(exc, source, method.Params, prefix="method.params.")) from None
+    bad = non_finite_key(params.model_dump(), "method.params")
+    if bad is not None:
+        raise ConfigError(f"{bad}: must be a finite number")
+    return method, params, resolve_weights(method, config.name, config.weights)
+
+
 def build_distiller(
     config: MethodConfig,
     student: nn.Module,
@@ -56,15 +71,7 @@ def build_distiller(
     teacher_norm: tuple[Sequence[float], Sequence[float]] | None = None,
 ) -> Distiller:
     """Validate ``method.params`` against the method's own schema and build its Distiller."""
-    method = METHODS.get(config.name)
-    try:
-        params = method.validate_params(config.params)
-    except ValidationError as exc:
-        raise ConfigError(explain(exc, "config", method.Params, prefix="method.params.")) from None
-    bad = non_finite_key(params.model_dump(), "method.params")
-    if bad is not None:
-        raise ConfigError(f"{bad}: must be a finite number")
-    weights = resolve_weights(method, config.name, config.weights)
+    method, params, weights = resolve_method(config)
     distiller = method(
         student, teacher, params, context, student_norm=student_norm, teacher_norm=teacher_norm
     )

@@ -32,11 +32,10 @@ from typing import Any, Protocol
 
 import torch
 import yaml
-from pydantic import ValidationError
 
-from kdlab.config.load import ConfigError, explain, validate
+from kdlab.config.load import ConfigError, validate
 from kdlab.engine import checkpoint
-from kdlab.methods.registry import METHODS, resolve_weights
+from kdlab.methods.registry import resolve_method
 from kdlab.models.registry import MODELS
 from kdlab.protocols.grid import Job, expand
 from kdlab.protocols.records import (
@@ -160,17 +159,12 @@ class Study:
             models = [("student", config.student), ("teacher", config.teacher),
                       *((f"teachers.{i}", m) for i, m in enumerate(config.teachers))]
             for key, model in models:
-                if model is not None and ":" not in model.name and model.name not in MODELS:
+                if model is not None and ":" not in model.name:
                     try:
                         MODELS.get(model.name)
                     except UnknownNameError as exc:
                         raise ConfigError(f"{source}: {key}.name: {exc}") from None
-            method = METHODS.get(config.method.name)
-            try:
-                method.validate_params(config.method.params)
-            except ValidationError as exc:
-                raise ConfigError(explain(exc, source, method.Params, prefix="method.params.")) from None
-            resolve_weights(method, config.method.name, config.method.weights)
+            resolve_method(config.method, source)
 
     def _make_labels(self, job: Job) -> None:
         """Draw the condition's noisy labels once (from this job's data settings) into ``labels/``."""

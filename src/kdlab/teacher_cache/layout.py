@@ -66,6 +66,12 @@ def cache_bytes(meta: dict[str, Any]) -> int:
     return sum(int(np.prod(shape)) * dtype.itemsize for shape, dtype in array_specs(meta).values())
 
 
+def damaged(path: Path, reason: str) -> CacheError:
+    """The error for a cache file that cannot be read as its ``meta.json`` describes it."""
+    return CacheError(f"teacher_cache.path: {path} is damaged ({reason}); delete the cache and fill it "
+                      "again with: kdlab cache-teacher CONFIG")
+
+
 @dataclass(frozen=True)
 class CacheLayout:
     """Paths and unit bookkeeping of the cache directory ``root``."""
@@ -83,11 +89,9 @@ class CacheLayout:
         try:
             meta = json.loads(self.meta_path.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise CacheError(f"teacher_cache.path: {self.meta_path} is damaged ({type(exc).__name__}); "
-                             "delete the cache and fill it again with: kdlab cache-teacher CONFIG") from None
+            raise damaged(self.meta_path, type(exc).__name__) from None
         if not isinstance(meta, dict):
-            raise CacheError(f"teacher_cache.path: {self.meta_path} is damaged (not a JSON object); delete "
-                             "the cache and fill it again with: kdlab cache-teacher CONFIG")
+            raise damaged(self.meta_path, "not a JSON object")
         return meta
 
     def open_arrays(self, meta: dict[str, Any], mode: str = "r") -> dict[str, np.memmap]:
@@ -98,13 +102,10 @@ class CacheLayout:
             try:
                 arrays[name] = np.load(path, mmap_mode=mode)
             except (OSError, ValueError) as exc:
-                reason = str(exc).splitlines()[0]
-                raise CacheError(f"teacher_cache.path: {path} is damaged ({reason}); delete the cache and "
-                                 "fill it again with: kdlab cache-teacher CONFIG") from None
+                raise damaged(path, str(exc).splitlines()[0]) from None
             if arrays[name].shape != tuple(shape) or arrays[name].dtype != dtype:
-                raise CacheError(f"teacher_cache.path: {path} holds {arrays[name].shape} "
-                                 f"{arrays[name].dtype}, but {META} describes {tuple(shape)} {dtype}; "
-                                 "delete the cache and fill it again")
+                raise damaged(path, f"it holds {arrays[name].shape} {arrays[name].dtype}, but {META} "
+                                    f"describes {tuple(shape)} {dtype}")
         return arrays
 
     def create(self, meta: dict[str, Any]) -> None:
