@@ -5,13 +5,13 @@ import torch
 from torch import nn
 
 from kdlab.config import validate
-from kdlab.config.load import ConfigError
+from kdlab.core.checkpoint import load
+from kdlab.core.errors import ConfigError
 from kdlab.data.batch import Batch
 from kdlab.engine import Callback, Trainer, checkpoint
 from kdlab.engine.averaging import LossValley, recalibrate_bn
 from kdlab.engine.averaging.ema import EMAParams
 from kdlab.engine.averaging.swad import SWAD, SWADParams
-from kdlab.engine.checkpoint import load
 from kdlab.models import build_model
 from kdlab.models.batchnorm import freeze_batchnorm
 from kdlab.run import checkpoint_path, load_weights, train

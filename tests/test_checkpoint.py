@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from kdlab.engine import checkpoint
+from kdlab.core import checkpoint
 
 
 def test_save_is_atomic_when_writing_fails(tmp_path, monkeypatch):

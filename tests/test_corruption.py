@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from kdlab.config import load_config
-from kdlab.config.load import ConfigError
+from kdlab.core.errors import ConfigError
 from kdlab.data import build_data
 from kdlab.data.corruption import (
     ImbalanceSpec,

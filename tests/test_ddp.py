@@ -8,7 +8,7 @@ import sys
 import torch
 import yaml
 
-from kdlab.engine.checkpoint import load
+from kdlab.core.checkpoint import load
 
 
 def write_config(tmp_path, name):

@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 from kdlab.cli.main import main
-from kdlab.config.load import ConfigError
+from kdlab.core.errors import ConfigError
 from kdlab.protocols.dg import plan
 from tests.test_data import write_mnist
 

@@ -12,10 +12,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdlab.config import validate
-from kdlab.config.load import ConfigError
 from kdlab.config.schema import MethodConfig
+from kdlab.core.checkpoint import load
+from kdlab.core.errors import ConfigError
 from kdlab.data import Batch, build_data
-from kdlab.engine.checkpoint import load
 from kdlab.engine.metrics import ClassificationMeter
 from kdlab.ensemble import (
     BatchEnsemble,

@@ -8,8 +8,8 @@ from torch import nn
 
 from kdlab.config import ConfigError, validate
 from kdlab.config.schema import MethodConfig
+from kdlab.core.checkpoint import load
 from kdlab.data.batch import Batch
-from kdlab.engine.checkpoint import load
 from kdlab.engine.logger import read_metrics
 from kdlab.methods import METHODS, DistillContext, build_distiller
 from kdlab.methods.bss import (

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 
 from kdlab.config import ConfigError, validate
 from kdlab.config.schema import MethodConfig
+from kdlab.core.checkpoint import load
 from kdlab.data.batch import Batch
-from kdlab.engine.checkpoint import load
 from kdlab.methods import DistillContext, build_distiller
 from kdlab.methods.cc import cc_loss, cc_repdistiller_loss, correlation_matrix
 from kdlab.methods.crd import MemoryBank, MemoryQueue, crd_infonce_loss, crd_nce_loss

@@ -2,9 +2,9 @@ import pytest
 import torch
 
 from kdlab.config import ConfigError, validate
+from kdlab.core.checkpoint import load
 from kdlab.data.batch import Batch
 from kdlab.engine import Callback
-from kdlab.engine.checkpoint import load
 from kdlab.engine.logger import read_metrics
 from kdlab.methods import DistillContext, build_distiller
 from kdlab.methods.stagewise import forward_until, mimic_loss, split_budget

@@ -11,6 +11,7 @@ import torch
 import torchvision
 from torch import nn
 
+from kdlab.core.registry import UnknownNameError
 from kdlab.models import (
     FeatureTaps,
     StagePreset,
@@ -23,7 +24,6 @@ from kdlab.models.cifar.init import he_normal_init
 from kdlab.models.detect import detect_stage_preset
 from kdlab.models.registry import MODELS
 from kdlab.models.surgery import adapt_input_conv
-from kdlab.registry import UnknownNameError
 
 # Parameter counts of HobbitLong/RepDistiller's models/ (model_dict names in comments) built with
 # num_classes=100, counted by running the reference code: sum(p.numel() for p in m.parameters()).

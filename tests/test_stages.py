@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from kdlab.config import ConfigError, validate
+from kdlab.core.checkpoint import load
 from kdlab.engine import Callback
-from kdlab.engine.checkpoint import load
 from kdlab.engine.logger import read_metrics
 from kdlab.run import train
 

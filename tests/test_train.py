@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from kdlab.config import validate
+from kdlab.core.checkpoint import load
 from kdlab.engine import Callback, NonFiniteLossError
-from kdlab.engine.checkpoint import load
 from kdlab.engine.logger import read_metrics
 from kdlab.run import train
 

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from kdlab.config.compare import SPLIT_KEYS, first_change
-from kdlab.config.load import ConfigError
-from kdlab.engine import checkpoint
+from kdlab.core import checkpoint
+from kdlab.core.errors import ConfigError
 from kdlab.engine.metrics import evaluate_model
 from kdlab.engine.precision import resolve_precision
 from kdlab.run import load_saved_model

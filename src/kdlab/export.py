@@ -37,13 +37,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from kdlab.core.errors import UserError
 from kdlab.run import load_saved_model
 
 FORMATS = ("state_dict", "torchscript", "onnx")
 ONNX_LOGGERS = ("onnxscript", "onnx_ir", "torch.onnx")
 
 
-class ExportError(ValueError):
+class ExportError(UserError, ValueError):
     """An export that could not be written or whose output differs from PyTorch's; one line."""
 
 

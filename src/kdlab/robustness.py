@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from kdlab.config.schema import DataConfig, RunConfig
+from kdlab.core import checkpoint
 from kdlab.data import DataBundle
 from kdlab.data.corruption import GROUP_NAMES, ImbalanceSpec, NoiseSpec
-from kdlab.engine import checkpoint
 from kdlab.engine.metrics import ClassBreakdown
 
 LABELS_FILE = "noisy_labels.pt"

@@ -33,9 +33,9 @@ from torch import nn
 from kdlab.config.compare import RESUME_FIXED, RESUME_FREE, first_change
 from kdlab.config.load import ConfigError, apply_overrides, dump_config, read_yaml, validate
 from kdlab.config.schema import ModelConfig, RunConfig
+from kdlab.core import checkpoint, distributed
 from kdlab.data import DataBundle, build_data
 from kdlab.data.corruption import CorruptionError
-from kdlab.engine import checkpoint, distributed
 from kdlab.engine.averaging import MODEL_NAME, AveragingStrategy, build_averager
 from kdlab.engine.callbacks import Callback
 from kdlab.engine.metrics import evaluate_logits

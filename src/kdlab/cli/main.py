@@ -10,16 +10,10 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from kdlab.config.load import ConfigError, load_config
-from kdlab.data import DatasetNotFoundError
-from kdlab.engine import distributed
-from kdlab.engine.checkpoint import CheckpointError
-from kdlab.engine.errors import NonFiniteLossError
-from kdlab.registry import UnknownNameError
-from kdlab.teacher_cache.layout import CacheError
+from kdlab.config.load import load_config
+from kdlab.core import distributed
+from kdlab.core.errors import ConfigError, UserError
 
-USER_ERRORS = (ConfigError, CheckpointError, CacheError, DatasetNotFoundError, NonFiniteLossError,
-               UnknownNameError)
 CHECKPOINT_HELP = "a kdlab checkpoint, or a run directory (the model its summary reports: averaged.pt, " \
                   "best.pt or last.pt)"
 MODEL_HELP = "the student (default), or another model the method evaluates, e.g. peer1 of a dml cohort"
@@ -240,7 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         return args.func(args)
-    except USER_ERRORS as exc:
+    except UserError as exc:
         print(f"kdlab: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

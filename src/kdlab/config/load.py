@@ -12,7 +12,8 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from kdlab.config.schema import RunConfig
-from kdlab.registry import closest
+from kdlab.core.errors import ConfigError
+from kdlab.core.registry import closest
 
 
 class _Loader(yaml.SafeLoader):
@@ -39,10 +40,6 @@ _Loader.add_implicit_resolver(
 
 def safe_load(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)  # noqa: S506  (a SafeLoader subclass)
-
-
-class ConfigError(ValueError):
-    """A user mistake in a config file or override; the message is one line naming the key."""
 
 
 def _section_model(root: type[BaseModel], path: Sequence[str | int]) -> type[BaseModel] | None:

@@ -6,13 +6,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from kdlab.core.registry import Registry
 from kdlab.data.cifar import load_cifar10, load_cifar100
 from kdlab.data.digits import load_digits
 from kdlab.data.imagefolder import load_imagefolder
 from kdlab.data.mnist import load_fashion_mnist, load_mnist
 from kdlab.data.raw import RawDataset
 from kdlab.data.synthetic import load_synthetic
-from kdlab.registry import Registry
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -1,7 +1,7 @@
 """Training engine: the Trainer, optimization, precision, checkpoints, metrics, callbacks, DDP."""
 
+from kdlab.core.errors import NonFiniteLossError
 from kdlab.engine.callbacks import Callback
-from kdlab.engine.errors import NonFiniteLossError
 from kdlab.engine.trainer import Trainer
 
 __all__ = ["Callback", "NonFiniteLossError", "Trainer"]

@@ -7,8 +7,8 @@ from collections.abc import Iterable
 from torch import nn
 
 from kdlab.config.compare import is_under
-from kdlab.config.load import ConfigError
-from kdlab.registry import closest
+from kdlab.core.errors import ConfigError
+from kdlab.core.registry import closest
 
 
 def check_paths(module: nn.Module, paths: Iterable[str], key: str) -> None:

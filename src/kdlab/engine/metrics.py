@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kdlab.core import distributed
+from kdlab.core.errors import NonFiniteLossError
 from kdlab.data.batch import BatchSource
-from kdlab.engine import distributed
-from kdlab.engine.errors import NonFiniteLossError
 from kdlab.engine.precision import Precision
 from kdlab.models.modes import eval_mode
 

@@ -20,12 +20,11 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from kdlab.config.load import ConfigError
 from kdlab.config.schema import OptimConfig, ScheduleConfig, TrainConfig
+from kdlab.core import checkpoint, distributed
+from kdlab.core.errors import ConfigError, NonFiniteLossError
 from kdlab.data.batch import Batch, BatchSource
-from kdlab.engine import checkpoint, distributed
 from kdlab.engine.callbacks import Callback
-from kdlab.engine.errors import NonFiniteLossError
 from kdlab.engine.freeze import StageFreezer, check_paths
 from kdlab.engine.logger import MetricsLogger
 from kdlab.engine.metrics import ClassBreakdown, better, evaluate_model

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from kdlab.config.load import ConfigError
+from kdlab.core.errors import ConfigError
 from kdlab.data.batch import Batch
 from kdlab.methods.base import DistillContext, DistillOutput
 from kdlab.methods.connectors import ConvRegressor, align_spatial, check_pairs

@@ -30,7 +30,7 @@ from typing import Literal
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdlab.config.load import ConfigError
+from kdlab.core.errors import ConfigError
 
 
 def _chw(shape: Sequence[int]) -> tuple[int, int, int]:

@@ -65,7 +65,7 @@ from pydantic import ConfigDict, Field
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from kdlab.config.load import ConfigError
+from kdlab.core.errors import ConfigError
 from kdlab.data.batch import Batch
 from kdlab.methods.base import DistillOutput
 from kdlab.methods.features import FeatureDistiller, FeatureParams

@@ -18,7 +18,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
-from kdlab.config.load import ConfigError
+from kdlab.core.errors import ConfigError
 from kdlab.ensemble import PixelRange, divergence_objective, ods_objective, perturb
 
 MemberFn = Callable[[Tensor], Tensor]

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
-from kdlab.config.load import ConfigError
+from kdlab.core.errors import ConfigError
 from kdlab.data.batch import Batch
 from kdlab.methods.base import DistillContext, Distiller, DistillOutput
 from kdlab.methods.registry import register_method

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdlab.config.load import ConfigError
+from kdlab.core.errors import ConfigError
 from kdlab.data.batch import Batch
 from kdlab.methods.base import DistillContext, DistillOutput
 from kdlab.methods.connectors import ConvRegressor, align_spatial, check_pairs

@@ -11,8 +11,8 @@ from torch import nn
 
 from kdlab.config.load import ConfigError, explain
 from kdlab.config.schema import MethodConfig
+from kdlab.core.registry import Registry, closest
 from kdlab.methods.base import DistillContext, Distiller
-from kdlab.registry import Registry, closest
 
 METHODS: Registry[type[Distiller]] = Registry("method")
 

@@ -46,8 +46,8 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 from torch import Tensor, nn
 
-from kdlab.config.load import ConfigError
 from kdlab.config.schema import RunConfig, StageConfig
+from kdlab.core.errors import ConfigError
 from kdlab.data.batch import Batch
 from kdlab.methods.base import DistillContext, DistillOutput
 from kdlab.methods.connectors import ConvRegressor, align_spatial, check_pairs

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from pydantic import ConfigDict, Field
 from torch import Tensor, nn
 
-from kdlab.config.load import ConfigError
+from kdlab.core.errors import ConfigError
 from kdlab.data.batch import Batch
 from kdlab.methods.base import DistillOutput
 from kdlab.methods.features import FeatureDistiller, FeatureParams

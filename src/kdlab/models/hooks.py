@@ -14,7 +14,7 @@ from typing import Literal
 
 from torch import Tensor, nn
 
-from kdlab.registry import closest
+from kdlab.core.registry import closest
 
 
 @dataclass(frozen=True)

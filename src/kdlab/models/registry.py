@@ -16,10 +16,10 @@ from typing import Any
 
 from torch import nn
 
+from kdlab.core.registry import Registry
 from kdlab.models import timm_zoo, torchvision_zoo
 from kdlab.models.presets import StagePreset
 from kdlab.models.surgery import load_weights
-from kdlab.registry import Registry
 
 
 @dataclass(frozen=True)

@@ -7,11 +7,12 @@ import os
 import torch
 from torch import nn
 
-from kdlab.engine.checkpoint import mismatch_reason
+from kdlab.core.checkpoint import mismatch_reason
+from kdlab.core.errors import UserError
 from kdlab.models.hooks import find_module
 
 
-class WeightFileError(ValueError):
+class WeightFileError(UserError, ValueError):
     """A ``pretrained`` weight file that is missing, unreadable or made for another model."""
 
 

@@ -9,11 +9,11 @@ from typing import Any
 
 from torch import nn
 
+from kdlab.core.registry import UnknownNameError, closest
 from kdlab.models.detect import detect_stage_preset, last_linear
 from kdlab.models.hooks import TapPoint
 from kdlab.models.presets import StagePreset
 from kdlab.models.surgery import load_weights
-from kdlab.registry import UnknownNameError, closest
 
 PREFIX = "timm:"
 

@@ -16,11 +16,11 @@ import torch
 from torch import nn
 from torchvision import models as tv_models
 
+from kdlab.core.registry import UnknownNameError, closest
 from kdlab.models.detect import detect_stage_preset, last_linear
 from kdlab.models.hooks import TapPoint
 from kdlab.models.presets import StagePreset
 from kdlab.models.surgery import adapt_input_conv, load_weights, resize_head
-from kdlab.registry import UnknownNameError, closest
 
 PREFIX = "torchvision:"
 

@@ -34,7 +34,8 @@ import torch
 import yaml
 
 from kdlab.config.load import ConfigError, validate
-from kdlab.engine import checkpoint
+from kdlab.core import checkpoint
+from kdlab.core.registry import UnknownNameError
 from kdlab.methods.registry import resolve_method
 from kdlab.models.registry import MODELS
 from kdlab.protocols.grid import Job, expand
@@ -48,7 +49,6 @@ from kdlab.protocols.records import (
     write_status,
 )
 from kdlab.protocols.study_schema import StudyConfig
-from kdlab.registry import UnknownNameError
 
 
 class Process(Protocol):

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from kdlab.config.load import ConfigError
 from kdlab.config.schema import RunConfig
+from kdlab.core.errors import ConfigError
 from kdlab.data.order import epoch_generator
 from kdlab.engine.precision import resolve_precision
 from kdlab.ensemble import member_logits

@@ -32,11 +32,13 @@ from typing import Any
 
 import numpy as np
 
+from kdlab.core.errors import UserError
+
 FORMAT_VERSION = 1
 META = "meta.json"
 
 
-class CacheError(ValueError):
+class CacheError(UserError, ValueError):
     """A cache that cannot be used as asked: missing, incomplete, or made by something else."""
 
 

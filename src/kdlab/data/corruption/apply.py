@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from kdlab.core.errors import UserError
 from kdlab.data.corruption.imbalance import GROUP_NAMES, class_groups, class_sizes, keep_per_class
 from kdlab.data.corruption.labels import load_record, make_record
 from kdlab.data.corruption.noise import make_noisy, resolve_flip_map, transition_counts
@@ -24,7 +25,7 @@ NOISE_STREAM = 101
 IMBALANCE_STREAM = 201
 
 
-class CorruptionError(ValueError):
+class CorruptionError(UserError, ValueError):
     """Bad noise or imbalance settings; the message starts with the config key (``data.noise.rate``)."""
 
 

@@ -15,12 +15,12 @@ from pydantic import ValidationError
 
 from kdlab.config.load import ConfigError, explain
 from kdlab.config.schema import AveragingConfig
+from kdlab.core.registry import UnknownNameError
 from kdlab.data.batch import BatchSource
 from kdlab.engine.averaging import ema, sma, swa, swad, wakd
 from kdlab.engine.averaging.base import MODEL_NAME, STRATEGIES, AveragingStrategy, register_strategy
 from kdlab.engine.averaging.bn import recalibrate_bn
 from kdlab.engine.averaging.swad import LossValley
-from kdlab.registry import UnknownNameError
 
 __all__ = [
     "MODEL_NAME",

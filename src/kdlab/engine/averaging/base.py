@@ -20,13 +20,13 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from pydantic import BaseModel
 from torch import nn
 
-from kdlab.config.load import ConfigError
+from kdlab.core.errors import ConfigError
+from kdlab.core.registry import Registry
 from kdlab.data.batch import BatchSource
 from kdlab.engine.averaging.bn import batchnorm_layers, independent_batches, recalibrate_bn
 from kdlab.engine.averaging.weights import AveragedModel, BufferPolicy
 from kdlab.engine.callbacks import Callback
 from kdlab.models.batchnorm import is_frozen_batchnorm
-from kdlab.registry import Registry
 
 if TYPE_CHECKING:
     from kdlab.engine.trainer import Trainer

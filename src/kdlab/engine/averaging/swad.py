@@ -39,8 +39,8 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
-from kdlab.config.load import ConfigError
-from kdlab.engine import distributed
+from kdlab.core import distributed
+from kdlab.core.errors import ConfigError
 from kdlab.engine.averaging.base import AveragingStrategy, register_strategy
 from kdlab.engine.averaging.weights import RunningMean
 from kdlab.models.modes import eval_mode

@@ -11,9 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used; the message names the file."""
+from kdlab.core.errors import CheckpointError
 
 
 def mismatch_reason(exc: RuntimeError) -> str:
