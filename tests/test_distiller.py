@@ -6,6 +6,7 @@ from kdlab.config import ConfigError
 from kdlab.config.schema import MethodConfig
 from kdlab.data.batch import Batch
 from kdlab.methods import DistillContext, build_distiller
+from kdlab.methods.base import weighted_sum
 
 CONTEXT = DistillContext(num_classes=3, input_shape=(1, 4, 4), num_train_samples=10)
 
@@ -38,7 +39,7 @@ def test_gradients_reach_student_never_teacher_and_teacher_bn_stats_do_not_move(
     distiller = kd().train()
     running = distiller.teacher[2].running_mean.clone()
     out = distiller(batch())
-    distiller.weighted_total(out.losses).backward()
+    weighted_sum(out.losses, distiller.weights).backward()
     assert all(p.grad is not None for p in distiller.student.parameters())
     assert all(p.grad is None for p in distiller.teacher.parameters())
     assert torch.equal(distiller.teacher[2].running_mean, running)
@@ -59,10 +60,10 @@ def test_weights_come_from_config_and_unknown_terms_are_refused():
         kd(params={"temprature": 2})
 
 
-def test_weighted_total_combines_terms():
+def test_weighted_sum_combines_terms():
     distiller = kd(weights={"ce": 2.0, "kd": 0.0})
     out = distiller(batch())
-    torch.testing.assert_close(distiller.weighted_total(out.losses), 2.0 * out.losses["ce"])
+    torch.testing.assert_close(weighted_sum(out.losses, distiller.weights), 2.0 * out.losses["ce"])
 
 
 def test_teacher_inputs_renormalized_when_statistics_differ():

@@ -15,6 +15,7 @@ from kdlab.engine import Callback
 from kdlab.methods import DistillContext, build_distiller
 from kdlab.methods.ab import ab_layer_loss, ab_loss, default_layer_weights
 from kdlab.methods.at import at_layer_loss, at_loss
+from kdlab.methods.base import weighted_sum
 from kdlab.methods.connectors import ConvRegressor, align_spatial
 from kdlab.methods.fitnet import hint_loss
 from kdlab.methods.fsp import fsp_loss, fsp_matrix
@@ -226,7 +227,7 @@ def test_gradients_reach_student_and_method_modules_never_the_teacher(name):
     out = distiller(Batch(inputs, torch.randint(0, 10, (6,)), torch.arange(6)))
     assert set(out.losses) == set(distiller.terms) and out.logits.shape == (6, 10)
     assert all(v.dtype == torch.float32 and v.dim() == 0 for v in out.losses.values())
-    distiller.weighted_total(out.losses).backward()
+    weighted_sum(out.losses, distiller.weights).backward()
     student = {id(p) for p in distiller.student.parameters()}
     own = [(n, p) for n, p in distiller.named_parameters() if id(p) not in student]
     assert own or name in ("at", "nst")

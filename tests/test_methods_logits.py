@@ -1,6 +1,8 @@
 """Logit-based methods: DKD, BSS and DML (losses against hand-computed reference conventions, gradients,
 and a few training steps on digits and on same- and cross-architecture CIFAR-sized pairs)."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,6 +14,7 @@ from kdlab.core.checkpoint import load
 from kdlab.data.batch import Batch
 from kdlab.engine.logger import read_metrics
 from kdlab.methods import METHODS, DistillContext, build_distiller
+from kdlab.methods.base import StageInfo, StepContext, weighted_sum
 from kdlab.methods.bss import (
     bss_attack,
     sample_attack_classes,
@@ -79,15 +82,14 @@ def test_dkd_warmup_is_mdistillers_one_based_epoch_factor():
     dkd = distiller("dkd", net(1), params={"beta": 6.0, "warmup_epochs": 4}).train()
     b = batch()
     for progress, factor in [(0.5, 0.25), (2.0, 0.75), (3.0, 1.0)]:
-        dkd.progress = progress
-        out = dkd(b)
+        out = dkd(b, replace(dkd.first_step(), stage_progress=progress))
         with torch.no_grad():
             expected = dkd_loss(dkd.student(b.inputs), dkd.teacher(b.inputs), b.targets, 1.0, 6.0, 4.0)
         torch.testing.assert_close(out.losses["dkd"], factor * expected)
     assert dkd.weights == {"ce": 1.0, "dkd": 1.0}
     teacher = dkd.teacher
     running = [m.running_mean.clone() for m in teacher.modules() if hasattr(m, "running_mean")]
-    dkd.weighted_total(dkd(b).losses).backward()
+    weighted_sum(dkd(b).losses, dkd.weights).backward()
     assert all(p.grad is not None for p in dkd.student.parameters())
     assert all(p.grad is None for p in teacher.parameters()) and not teacher.training
     after = [m.running_mean for m in teacher.modules() if hasattr(m, "running_mean")]
@@ -196,7 +198,7 @@ def test_bss_distiller_step_gives_teacher_no_grad_and_keeps_its_statistics():
     running = teacher[2].running_mean.clone()
     out = bss(b)
     assert set(out.losses) == {"ce", "kd", "bss"} and float(out.losses["bss"].detach()) > 0
-    bss.weighted_total(out.losses).backward()
+    weighted_sum(out.losses, bss.weights).backward()
     assert all(p.grad is not None for p in bss.student.parameters())
     assert all(p.grad is None for p in teacher.parameters())
     assert torch.equal(teacher[2].running_mean, running)
@@ -204,8 +206,8 @@ def test_bss_distiller_step_gives_teacher_no_grad_and_keeps_its_statistics():
     with torch.no_grad():
         clean = soft_target_loss(bss.student(x), teacher(x), 3.0)
     assert float(out.losses["kd"].detach()) == pytest.approx(kd_factor * float(clean), rel=1e-5)
-    bss.progress = 8.0  # b(e) = 0 from 75 % of training on: no attack, a zero term
-    assert float(bss(b).losses["bss"]) == 0.0
+    late = replace(bss.first_step(), stage_progress=8.0)  # b(e) = 0 from 75 % of training on: no attack
+    assert float(bss(b, late).losses["bss"]) == 0.0
 
 
 def test_bss_schedule_length_defaults_to_the_stage_length():
@@ -214,10 +216,11 @@ def test_bss_schedule_length_defaults_to_the_stage_length():
     with torch.no_grad():
         b = Batch(x, teacher(x).argmax(1), torch.arange(8))
     bss = distiller("bss", teacher, params={"attack_size": 4}).train()
-    bss.stage_epochs, bss.progress = 40.0, 8.0  # epoch 9 of 40: boundary factor still positive
-    assert float(bss(b).losses["bss"].detach()) > 0
-    bss.stage_epochs = 10.0  # epoch 9 of 10: past 75 %, no attack
-    assert float(bss(b).losses["bss"]) == 0.0
+    def epoch_9_of(epochs: float) -> StepContext:
+        return replace(bss.first_step(), stage=StageInfo(epochs=epochs), stage_progress=8.0)
+
+    assert float(bss(b, epoch_9_of(40.0)).losses["bss"].detach()) > 0  # boundary factor still positive
+    assert float(bss(b, epoch_9_of(10.0)).losses["bss"]) == 0.0  # past 75 %, no attack
 
 
 # ----------------------------------------------------------------------------------------------- DML

@@ -17,6 +17,7 @@ from kdlab.config.schema import MethodConfig
 from kdlab.core.checkpoint import load
 from kdlab.data.batch import Batch
 from kdlab.methods import DistillContext, build_distiller
+from kdlab.methods.base import weighted_sum
 from kdlab.methods.cc import cc_loss, cc_repdistiller_loss, correlation_matrix
 from kdlab.methods.crd import MemoryBank, MemoryQueue, crd_infonce_loss, crd_nce_loss
 from kdlab.methods.pkt import pkt_loss
@@ -220,7 +221,7 @@ def test_gradients_reach_student_and_method_parts_never_teacher(name):
         assert all(v.dtype == torch.float32 for v in d(batch).losses.values())
     out = d(batch)
     assert set(out.losses) == set(d.terms)
-    d.weighted_total(out.losses).backward()
+    weighted_sum(out.losses, d.weights).backward()
     assert all(p.grad is not None for p in d.student.parameters())
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for n, p in d.named_parameters()
                if not n.startswith("student."))

@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -79,9 +81,9 @@ def test_plan_from_the_budget(digits_config):
     joint = build_distiller(stagewise_config(digits_config, mode="joint").method, build_model("cnn_tiny", 10),
                             digits_teacher(), context).default_stages(config)
     assert [(s.name, s.epochs) for s in joint] == [("backbone", 6), ("head", 2)]
-    distiller.stage, distiller.weights = "backbone", {"mimic": 1.0, "ce": 0.0}
+    backbone = replace(distiller.first_step(), weights={"mimic": 1.0, "ce": 0.0})
     x = torch.randn(4, 1, 8, 8)
-    losses = distiller(Batch(x, torch.arange(4), torch.arange(4))).losses
+    losses = distiller(Batch(x, torch.arange(4), torch.arange(4)), backbone).losses
     features = [forward_until(distiller.student, tap, x) for tap in distiller.student_taps.taps]
     with torch.no_grad():
         targets = [forward_until(distiller.teacher, tap, x) for tap in distiller.teacher_taps.taps]

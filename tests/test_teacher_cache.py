@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from kdlab.config.load import ConfigError, validate
 from kdlab.methods import kd_loss
+from kdlab.methods.base import weighted_sum
 from kdlab.models import build_model
 from kdlab.run import attach_teacher_cache, build_data_for, build_distiller_for, train
 from kdlab.teacher_cache import CacheLayout, cache_bytes, fill_teacher_cache, topk_to_logits
@@ -171,7 +172,7 @@ def test_training_with_a_cache_never_runs_the_teacher(cache_config):
     data, distiller = filled_and_replayed(config)
     distiller.teacher.register_forward_pre_hook(lambda *_: pytest.fail("the teacher ran"))
     batch = next(iter(data.train))
-    distiller.weighted_total(distiller(batch).losses).backward()
+    weighted_sum(distiller(batch).losses, distiller.weights).backward()
 
 
 def test_feature_method_replays_cached_features(cache_config):

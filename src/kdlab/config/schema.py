@@ -123,7 +123,9 @@ class StageConfig(Section):
     ``optim`` and ``schedule`` hold only what differs from the top-level sections; ``weights`` overrides
     the method's loss-term weights for this stage; ``freeze`` lists module paths of the distiller
     (``student.layer1``, ``connector``) whose parameters are frozen and whose norm layers stay in eval
-    mode; ``train_only``, when set, freezes everything except the listed paths.
+    mode; ``train_only``, when set, freezes everything except the listed paths; ``params`` holds the
+    method's own settings for this stage (its ``StageParams``, e.g. stagewise's ``mimic_stage``). A
+    stage's name is only a label: nothing is read from it.
     """
 
     name: str
@@ -135,6 +137,7 @@ class StageConfig(Section):
     freeze: list[str] = Field(default_factory=list)
     train_only: list[str] | None = None
     eval_every: int | None = Field(None, gt=0)
+    params: dict[str, Any] = Field(default_factory=dict, description="the method's settings for this stage")
 
     @model_validator(mode="after")
     def _budget(self) -> StageConfig:

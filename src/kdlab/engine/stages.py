@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
@@ -29,6 +30,7 @@ class Stage:
     freeze: tuple[str, ...] = ()
     train_only: tuple[str, ...] | None = None
     eval_every: int | None = None
+    params: dict[str, Any] = field(default_factory=dict)
 
     @property
     def step_based(self) -> bool:
@@ -65,6 +67,7 @@ def plan_stages(config: RunConfig, default: Sequence[StageConfig] | None = None)
             freeze=tuple(s.freeze),
             train_only=None if s.train_only is None else tuple(s.train_only),
             eval_every=s.eval_every,
+            params=dict(s.params),
         )
         for i, s in enumerate(stages)
     ]

@@ -11,15 +11,18 @@ from __future__ import annotations
 import logging
 import resource
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from kdlab.config.load import explain
 from kdlab.config.schema import OptimConfig, ScheduleConfig, TrainConfig
 from kdlab.core import checkpoint, distributed
 from kdlab.core.errors import ConfigError, NonFiniteLossError
@@ -31,7 +34,7 @@ from kdlab.engine.metrics import ClassBreakdown, better, evaluate_model
 from kdlab.engine.optim import build_optimizer, build_scheduler
 from kdlab.engine.precision import resolve_precision
 from kdlab.engine.stages import Stage, StageClock
-from kdlab.methods.base import Distiller, DistillOutput
+from kdlab.methods.base import Distiller, DistillOutput, StageInfo, StepContext, weighted_sum
 
 CHECKPOINT_FORMAT = 1
 log = logging.getLogger("kdlab")
@@ -95,22 +98,15 @@ class Trainer:
             raise ValueError("the training split yields no batch: lower data.batch_size or use more data")
         self.clock = StageClock(self.stages, self.steps_per_epoch)
         self.total_steps = self.clock.total_steps
-        self.base_weights = dict(distiller.weights)
         self.freezer = StageFreezer(self.distiller)
+        self.stage_weights = [self._stage_weights(i, stage) for i, stage in enumerate(self.stages)]
+        self.stage_infos = [self._stage_info(i, stage) for i, stage in enumerate(self.stages)]
         for i, stage in enumerate(self.stages):
             check_paths(self.distiller, stage.freeze + (stage.train_only or ()), f"stages.{i}")
-            if stage.weights:
-                unknown = set(stage.weights) - set(self.base_weights)
-                if unknown:
-                    raise ConfigError(f"stages.{i}.weights: unknown loss term {sorted(unknown)[0]!r}; "
-                                      f"terms: {', '.join(self.base_weights)}")
-            if not any({**self.base_weights, **(stage.weights or {})}.values()):
-                key = f"stages.{i}.weights" if stage.weights else "method.weights"
-                raise ConfigError(f"{key}: every loss term of {type(distiller).__name__} has weight 0 in "
-                                  f"stage {stage.name!r}; give at least one term a positive weight")
             if not self.freezer.trainable(stage.freeze, stage.train_only):
                 raise ConfigError(f"stages.{i}: freeze / train_only leave stage {stage.name!r} no parameter "
                                   "to train")
+        self.context: StepContext | None = None
         self.stage_index = -1
         self.model: nn.Module = distiller
 
@@ -124,6 +120,36 @@ class Trainer:
         self.images_seen = 0
         self.is_main = distributed.is_main()
         self.logger = MetricsLogger(run_dir if self.is_main else None, tensorboard=train.tensorboard)
+
+    def _stage_weights(self, index: int, stage: Stage) -> Mapping[str, float]:
+        """The loss weights of stage ``index``: the method's configured weights, then the stage's."""
+        base = self.distiller.weights
+        unknown = set(stage.weights or {}) - set(base)
+        if unknown:
+            raise ConfigError(f"stages.{index}.weights: unknown loss term {sorted(unknown)[0]!r}; "
+                              f"terms: {', '.join(base)}")
+        weights = {**base, **(stage.weights or {})}
+        if not any(weights.values()):
+            key = f"stages.{index}.weights" if stage.weights else "method.weights"
+            raise ConfigError(f"{key}: every loss term of {type(self.distiller).__name__} has weight 0 in "
+                              f"stage {stage.name!r}; give at least one term a positive weight")
+        return MappingProxyType(weights)
+
+    def _stage_info(self, index: int, stage: Stage) -> StageInfo:
+        """Stage ``index`` as the method sees it, its ``params`` validated by the method."""
+        key = f"stages.{index}.params"
+        try:
+            params = self.distiller.validate_stage_params(stage.params)
+        except ValidationError as exc:
+            raise ConfigError(explain(exc, "config", self.distiller.StageParams, prefix=f"{key}.")) from None
+        self.distiller.check_stage_params(params, key)
+        epochs = stage.num_steps(self.steps_per_epoch) / self.steps_per_epoch
+        return StageInfo(stage.name, index, epochs, params)
+
+    def step_context(self) -> StepContext:
+        """The context of the step about to run (the frozen value the method's forward receives)."""
+        return StepContext(self.stage_infos[self.stage_index], self.stage_epoch, self.step,
+                           self.stage_weights[self.stage_index])
 
     @property
     def epoch(self) -> float:
@@ -144,9 +170,6 @@ class Trainer:
         self.stage_index = index
         stage = self.stages[index]
         self.freezer.apply(stage.freeze, stage.train_only)
-        self.distiller.weights = {**self.base_weights, **(stage.weights or {})}
-        self.distiller.stage = stage.name
-        self.distiller.stage_epochs = stage.num_steps(self.steps_per_epoch) / self.steps_per_epoch
         if stage.step_based:
             steps_per_unit, total_units = 1, float(stage.steps)
         else:
@@ -158,7 +181,7 @@ class Trainer:
         self.model = self.distiller
         if distributed.is_enabled():
             ids = [self.device.index] if self.device.type == "cuda" else None
-            some_unused = len(self.stages) > 1 or not all(self.distiller.weights.values())
+            some_unused = len(self.stages) > 1 or not all(self.stage_weights[index].values())
             self.model = DistributedDataParallel(self.distiller, device_ids=ids,
                                                  find_unused_parameters=some_unused)
         for callback in self.callbacks:
@@ -243,10 +266,10 @@ class Trainer:
     def _train_step(self, batch: Batch) -> tuple[DistillOutput, Tensor]:
         if self.cfg.channels_last and batch.inputs.dim() == 4:
             batch = batch._replace(inputs=batch.inputs.contiguous(memory_format=self.memory_format))
-        self.distiller.progress = self.stage_epoch
+        self.context = self.step_context()
         with self.precision.autocast():
-            output: DistillOutput = self.model(batch)
-        loss = self.distiller.weighted_total(output.losses)
+            output: DistillOutput = self.model(batch, self.context)
+        loss = weighted_sum(output.losses, self.context.weights)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.cfg.grad_clip is not None:

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from kdlab.core.errors import ConfigError
 from kdlab.data.batch import Batch
-from kdlab.methods.base import DistillContext, DistillOutput
+from kdlab.methods.base import DistillContext, DistillOutput, StepContext
 from kdlab.methods.connectors import ConvRegressor, align_spatial, check_pairs
 from kdlab.methods.features import FeatureDistiller, FeatureParams
 from kdlab.methods.registry import register_method
@@ -103,9 +103,9 @@ class ActivationBoundaries(FeatureDistiller):
                               "module's input)")
         return list(preset.preact_stages)
 
-    def forward(self, batch: Batch) -> DistillOutput:
+    def distill(self, batch: Batch, step: StepContext) -> DistillOutput:
         losses: dict[str, Tensor] = {}
-        if self.weights["ab"]:
+        if step.weights["ab"]:
             out = self.run_models(batch)
             logits = out.student_logits
             pairs = [align_spatial(connect(s), t) for connect, s, t in
@@ -114,6 +114,6 @@ class ActivationBoundaries(FeatureDistiller):
                                    self.params.margin)
         else:
             logits = self.run_student(batch.inputs)
-        if self.weights["ce"]:
+        if step.weights["ce"]:
             losses["ce"] = F.cross_entropy(logits.float(), batch.targets)
         return DistillOutput(losses, logits)

@@ -35,7 +35,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from kdlab.data.batch import Batch
-from kdlab.methods.base import DistillContext, DistillOutput
+from kdlab.methods.base import DistillContext, DistillOutput, StepContext
 from kdlab.methods.connectors import align_spatial, check_pairs
 from kdlab.methods.features import FeatureDistiller, FeatureParams
 from kdlab.methods.registry import register_method
@@ -87,15 +87,15 @@ class AttentionTransfer(FeatureDistiller):
     def default_taps(self, preset: StagePreset, role: str) -> list[TapPoint]:
         return list(preset.stages)
 
-    def forward(self, batch: Batch) -> DistillOutput:
+    def distill(self, batch: Batch, step: StepContext) -> DistillOutput:
         losses: dict[str, Tensor] = {}
-        if self.weights["at"]:
+        if step.weights["at"]:
             out = self.run_models(batch)
             logits = out.student_logits
             losses["at"] = at_loss(out.student_features, out.teacher_features, self.params.p,
                                    self.params.mode)
         else:
             logits = self.run_student(batch.inputs)
-        if self.weights["ce"]:
+        if step.weights["ce"]:
             losses["ce"] = F.cross_entropy(logits.float(), batch.targets)
         return DistillOutput(losses, logits)

@@ -3,14 +3,21 @@
 A Distiller owns the student and the method's trainable parts (connectors, embeddings, memories).
 The teacher is held but never registered as a submodule, so it is absent from ``parameters()``,
 ``state_dict()`` and whatever DDP wraps; it is moved with the distiller, kept in eval mode, and run
-under no-grad. ``forward(batch)`` returns the unweighted loss terms and the student's logits; the
-weights of the terms come from the config (``method.weights``) and default to ``default_weights``.
+under no-grad. ``forward(batch, step)`` returns the unweighted loss terms and the student's logits.
+
+The trainer talks to a method only through what this interface declares: at every step it passes a
+frozen :class:`StepContext` (the stage, the epochs done in it, the global step and the stage's loss
+weights); it never writes the method's attributes. The weights of the terms come from the config
+(``method.weights``, over ``default_weights``) and per stage from ``stages[i].weights``; the trainer's
+stage plan is their one owner and sums the terms with them. A method declares the per-stage settings
+it reads (``StageParams``, given as ``stages[i].params``) as a typed model, not by stage names.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -42,6 +49,37 @@ class DistillOutput:
     logits: Tensor
 
 
+@dataclass(frozen=True)
+class StageInfo:
+    """The stage a step belongs to: its name, position in the plan, length in epochs and the method's
+    typed settings for it (``StageParams`` validated from ``stages[i].params``)."""
+
+    name: str = "train"
+    index: int = 0
+    epochs: float = 0.0
+    params: BaseModel = field(default_factory=lambda: NoParams())
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """What the trainer tells the method at each step: the stage, the epochs done in it before this
+    step (``stage_progress``, what warm-ups and schedules count), the 0-based global step, and the
+    stage's loss weights (a method may skip computing a term whose weight is 0)."""
+
+    stage: StageInfo
+    stage_progress: float
+    step: int
+    weights: Mapping[str, float]
+
+
+def weighted_sum(losses: Mapping[str, Tensor], weights: Mapping[str, float]) -> Tensor:
+    """``sum_k w_k * L_k``; a term with weight 0 adds nothing (its value may even be absent)."""
+    total = sum(weights[name] * value for name, value in losses.items() if weights[name])
+    if not isinstance(total, Tensor):
+        raise ValueError("every loss term has weight 0")
+    return total
+
+
 def _normalization_map(
     source: tuple[Sequence[float], Sequence[float]], target: tuple[Sequence[float], Sequence[float]]
 ) -> tuple[Tensor, Tensor] | None:
@@ -65,6 +103,8 @@ class Distiller(nn.Module):
     default_weights: ClassVar[dict[str, float]] = {}
     needs_teacher: ClassVar[bool] = True
     Params: ClassVar[type[BaseModel]] = NoParams
+    #: the per-stage settings the method reads from ``StepContext.stage.params``
+    StageParams: ClassVar[type[BaseModel]] = NoParams
     #: the evaluated model (a key of the trainer's ``eval_models()``) whose validation metric selects
     #: ``best.pt`` and whose test metrics the run summary reports: the deployable model of the method.
     select_model: ClassVar[str] = "student"
@@ -83,17 +123,16 @@ class Distiller(nn.Module):
         *,
         student_norm: tuple[Sequence[float], Sequence[float]] | None = None,
         teacher_norm: tuple[Sequence[float], Sequence[float]] | None = None,
+        weights: Mapping[str, float] | None = None,
     ) -> None:
+        """``weights``: the configured weight of every term (default ``default_weights``)."""
         super().__init__()
         if self.needs_teacher and teacher is None:
             raise ValueError(f"method {type(self).__name__} needs a teacher: set the 'teacher' section")
         self.student = student
         self.params = params
         self.context = context
-        self.weights: dict[str, float] = dict(self.default_weights)
-        self.progress = 0.0
-        self.stage = ""
-        self.stage_epochs = 0.0
+        self.weights: Mapping[str, float] = MappingProxyType(dict(weights or self.default_weights))
         self.__dict__["_teacher"] = None
         self._teacher_input: tuple[Tensor, Tensor] | None = None
         if teacher is not None:
@@ -142,15 +181,17 @@ class Distiller(nn.Module):
             return batch.teacher["logits"]
         return self.teacher_logits(batch.inputs)
 
-    def forward(self, batch: Batch) -> DistillOutput:
+    def forward(self, batch: Batch, step: StepContext | None = None) -> DistillOutput:
+        """The loss terms and student logits of one step (outside a trainer: the first step of a
+        one-stage run with the configured weights)."""
+        return self.distill(batch, step if step is not None else self.first_step())
+
+    def distill(self, batch: Batch, step: StepContext) -> DistillOutput:
         raise NotImplementedError
 
-    def weighted_total(self, losses: dict[str, Tensor]) -> Tensor:
-        """Sum of ``weight * term``; a term with weight 0 adds nothing (methods may skip computing it)."""
-        total = sum(self.weights[name] * value for name, value in losses.items() if self.weights[name])
-        if not isinstance(total, Tensor):
-            raise ValueError(f"every loss term of {type(self).__name__} has weight 0")
-        return total
+    def first_step(self) -> StepContext:
+        """The context of step 0 of a one-stage run with the configured weights."""
+        return StepContext(StageInfo(params=self.StageParams()), 0.0, 0, self.weights)
 
     def eval_reference(self) -> Callable[[Tensor], Tensor] | None:
         """Logits every evaluation compares models against (agreement, KL), or None for no comparison."""
@@ -183,3 +224,10 @@ class Distiller(nn.Module):
     @classmethod
     def validate_params(cls, raw: dict[str, Any]) -> BaseModel:
         return cls.Params.model_validate(raw)
+
+    @classmethod
+    def validate_stage_params(cls, raw: dict[str, Any]) -> BaseModel:
+        return cls.StageParams.model_validate(raw)
+
+    def check_stage_params(self, params: BaseModel, key: str) -> None:
+        """Refuse, as a ``ConfigError`` naming ``key``, stage settings that do not fit these models."""

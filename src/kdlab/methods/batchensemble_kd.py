@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from kdlab.data.batch import Batch
 from kdlab.ensemble import BatchEnsemble, ensemble_log_probs, merge_batchensemble
-from kdlab.methods.base import DistillContext, Distiller, DistillOutput
+from kdlab.methods.base import DistillContext, Distiller, DistillOutput, StepContext
 from kdlab.methods.diversify import InputPerturber, PerturbParams
 from kdlab.methods.ensemble_kd import EnsembleTeacherMixin, ensemble_kd_loss, teacher_count
 from kdlab.methods.registry import register_method
@@ -88,7 +88,7 @@ class BatchEnsembleKD(EnsembleTeacherMixin, Distiller):
         with eval_mode(self.student):
             return self.student.member_logits(inputs)
 
-    def forward(self, batch: Batch) -> DistillOutput:
+    def distill(self, batch: Batch, step: StepContext) -> DistillOutput:
         inputs, targets = self.perturber(batch.inputs, batch.targets, self.teacher_members,
                                          self.student_members)
         teacher = self.batch_teacher_members(batch, inputs)

@@ -48,7 +48,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from kdlab.data.batch import Batch
-from kdlab.methods.base import Distiller, DistillOutput
+from kdlab.methods.base import Distiller, DistillOutput, StepContext
 from kdlab.methods.registry import register_method
 
 ABERHU_WARMUP_EPOCHS = 10
@@ -162,12 +162,13 @@ class BoundarySupportingSamples(Distiller):
         p = self.params
         return soft_target_loss(student_logits, teacher_logits, p.temperature, p.divergence, p.t_squared)
 
-    def forward(self, batch: Batch) -> DistillOutput:
+    def distill(self, batch: Batch, step: StepContext) -> DistillOutput:
         p = self.params
         x, y = batch.inputs, batch.targets
         teacher_logits = self.teacher_logits(x)
         logits = self.student(x)
-        kd_factor, bss_factor = schedule_weights(self.progress, p.epochs or self.stage_epochs, p.schedule)
+        epochs = p.epochs or step.stage.epochs
+        kd_factor, bss_factor = schedule_weights(step.stage_progress, epochs, p.schedule)
         bss = torch.zeros((), device=logits.device)
         if bss_factor > 0:
             index = select_base_samples(teacher_logits, logits.detach(), y, p.attack_size, p.candidates)

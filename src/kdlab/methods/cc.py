@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from kdlab.core.errors import ConfigError
 from kdlab.data.batch import Batch
-from kdlab.methods.base import DistillOutput
+from kdlab.methods.base import DistillOutput, StepContext
 from kdlab.methods.features import FeatureDistiller, FeatureParams
 from kdlab.methods.registry import register_method
 from kdlab.models import StagePreset, TapPoint
@@ -105,7 +105,7 @@ class CorrelationCongruence(FeatureDistiller):
         embedded = layer(features.flatten(1)).float()
         return F.normalize(embedded, dim=1) if self.params.normalize else embedded
 
-    def forward(self, batch: Batch) -> DistillOutput:
+    def distill(self, batch: Batch, step: StepContext) -> DistillOutput:
         out = self.run_models(batch)
         p = self.params
         student = self._embed(self.student_embed, out.student_features[0])

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from kdlab.data.batch import Batch
-from kdlab.methods.base import Distiller, DistillOutput
+from kdlab.methods.base import Distiller, DistillOutput, StepContext
 from kdlab.methods.registry import register_method
 
 
@@ -24,7 +24,7 @@ class CrossEntropy(Distiller):
     needs_teacher = False
     Params = CEParams
 
-    def forward(self, batch: Batch) -> DistillOutput:
+    def distill(self, batch: Batch, step: StepContext) -> DistillOutput:
         logits = self.student(batch.inputs)
         ce = F.cross_entropy(logits.float(), batch.targets, label_smoothing=self.params.label_smoothing)
         return DistillOutput({"ce": ce}, logits)

@@ -67,7 +67,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from kdlab.core.errors import ConfigError
 from kdlab.data.batch import Batch
-from kdlab.methods.base import DistillOutput
+from kdlab.methods.base import DistillOutput, StepContext
 from kdlab.methods.features import FeatureDistiller, FeatureParams
 from kdlab.methods.registry import register_method
 from kdlab.models import StagePreset, TapPoint
@@ -275,7 +275,7 @@ class ContrastiveRepresentationDistillation(FeatureDistiller):
             self._z_ready = True
         return self.z.log()
 
-    def forward(self, batch: Batch) -> DistillOutput:
+    def distill(self, batch: Batch, step: StepContext) -> DistillOutput:
         out = self.run_models(batch)
         p: CRDParams = self.params
         student = self._embed(self.student_embed, out.student_features[0])

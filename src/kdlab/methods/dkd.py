@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from kdlab.data.batch import Batch
-from kdlab.methods.base import Distiller, DistillOutput
+from kdlab.methods.base import Distiller, DistillOutput, StepContext
 from kdlab.methods.registry import register_method
 
 
@@ -96,7 +96,7 @@ class DecoupledKD(Distiller):
     Params = DKDParams
     teacher_cache = "logits"
 
-    def forward(self, batch: Batch) -> DistillOutput:
+    def distill(self, batch: Batch, step: StepContext) -> DistillOutput:
         p = self.params
         teacher_logits = self.batch_teacher_logits(batch)
         logits = self.student(batch.inputs)
@@ -104,7 +104,7 @@ class DecoupledKD(Distiller):
         return DistillOutput(
             {
                 "ce": F.cross_entropy(logits.float(), batch.targets),
-                "dkd": warmup_factor(self.progress, p.warmup_epochs) * dkd,
+                "dkd": warmup_factor(step.stage_progress, p.warmup_epochs) * dkd,
             },
             logits,
         )

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from kdlab.core.errors import ConfigError
 from kdlab.data.batch import Batch
-from kdlab.methods.base import DistillContext, Distiller, DistillOutput
+from kdlab.methods.base import DistillContext, Distiller, DistillOutput, StepContext
 from kdlab.methods.registry import register_method
 from kdlab.models import build_model
 
@@ -85,7 +85,7 @@ class DeepMutualLearning(Distiller):
         except (KeyError, ValueError, TypeError) as exc:
             raise ConfigError(f"method.params.peer_models: {exc}") from None
 
-    def forward(self, batch: Batch) -> DistillOutput:
+    def distill(self, batch: Batch, step: StepContext) -> DistillOutput:
         logits = [self.student(batch.inputs), *(peer(batch.inputs) for peer in self.peers)]
         ce = sum(F.cross_entropy(z.float(), batch.targets) for z in logits)
         return DistillOutput({"ce": ce, "dml": sum(mutual_losses(logits))}, logits[0])

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from kdlab.data.batch import Batch
 from kdlab.ensemble import TeacherEnsemble, member_logits
-from kdlab.methods.base import DistillContext, Distiller, DistillOutput
+from kdlab.methods.base import DistillContext, Distiller, DistillOutput, StepContext
 from kdlab.methods.diversify import InputPerturber, PerturbParams
 from kdlab.methods.registry import register_method
 
@@ -101,7 +101,7 @@ class EnsembleKD(EnsembleTeacherMixin, Distiller):
         self.perturber = InputPerturber(params.perturb, teacher_count(teacher), norms.get("student_norm"),
                                         context.input_shape[0])
 
-    def forward(self, batch: Batch) -> DistillOutput:
+    def distill(self, batch: Batch, step: StepContext) -> DistillOutput:
         inputs, targets = self.perturber(batch.inputs, batch.targets, self.teacher_members, None)
         teacher = self.batch_teacher_members(batch, inputs)
         logits = self.student(inputs)

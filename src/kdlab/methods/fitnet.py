@@ -38,7 +38,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from kdlab.data.batch import Batch
-from kdlab.methods.base import DistillContext, DistillOutput
+from kdlab.methods.base import DistillContext, DistillOutput, StepContext
 from kdlab.methods.connectors import ConvRegressor, align_spatial, check_pairs
 from kdlab.methods.features import FeatureDistiller, FeatureParams
 from kdlab.methods.kd import kd_loss
@@ -78,8 +78,8 @@ class FitNet(FeatureDistiller):
     def default_taps(self, preset: StagePreset, role: str) -> list[TapPoint]:
         return [preset.stages[len(preset.stages) // 2]]
 
-    def forward(self, batch: Batch) -> DistillOutput:
-        w = self.weights
+    def distill(self, batch: Batch, step: StepContext) -> DistillOutput:
+        w = step.weights
         losses: dict[str, Tensor] = {}
         if not (w["kd"] or w["hint"]):
             logits = self.run_student(batch.inputs)

@@ -44,7 +44,7 @@ from torch import Tensor, nn
 
 from kdlab.core.errors import ConfigError
 from kdlab.data.batch import Batch
-from kdlab.methods.base import DistillContext, DistillOutput
+from kdlab.methods.base import DistillContext, DistillOutput, StepContext
 from kdlab.methods.connectors import ConvRegressor, align_spatial, check_pairs
 from kdlab.methods.features import FeatureDistiller, FeatureParams
 from kdlab.methods.registry import register_method
@@ -113,15 +113,15 @@ class FSP(FeatureDistiller):
     def default_taps(self, preset: StagePreset, role: str) -> list[TapPoint]:
         return ([preset.stem] if preset.stem is not None else []) + list(preset.stages)
 
-    def forward(self, batch: Batch) -> DistillOutput:
+    def distill(self, batch: Batch, step: StepContext) -> DistillOutput:
         losses: dict[str, Tensor] = {}
-        if self.weights["fsp"]:
+        if step.weights["fsp"]:
             out = self.run_models(batch)
             logits = out.student_logits
             students = [adapt(f) for adapt, f in zip(self.adapters, out.student_features, strict=True)]
             losses["fsp"] = fsp_loss(students, out.teacher_features, self.params.pool, self.params.reduction)
         else:
             logits = self.run_student(batch.inputs)
-        if self.weights["ce"]:
+        if step.weights["ce"]:
             losses["ce"] = F.cross_entropy(logits.float(), batch.targets)
         return DistillOutput(losses, logits)

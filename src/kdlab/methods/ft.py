@@ -40,7 +40,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from kdlab.data.batch import Batch
-from kdlab.methods.base import DistillContext, DistillOutput
+from kdlab.methods.base import DistillContext, DistillOutput, StepContext
 from kdlab.methods.connectors import align_spatial, check_pairs
 from kdlab.methods.features import FeatureDistiller, FeatureParams
 from kdlab.methods.registry import register_method
@@ -120,8 +120,8 @@ class FactorTransfer(FeatureDistiller):
     def default_taps(self, preset: StagePreset, role: str) -> list[TapPoint]:
         return [preset.stages[-1]]
 
-    def forward(self, batch: Batch) -> DistillOutput:
-        w = self.weights
+    def distill(self, batch: Batch, step: StepContext) -> DistillOutput:
+        w = step.weights
         losses: dict[str, Tensor] = {}
         if w["ft"] or w["reconstruction"]:
             out = self.run_models(batch)

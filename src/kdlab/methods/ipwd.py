@@ -55,7 +55,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from kdlab.core.errors import ConfigError
 from kdlab.data.batch import Batch
-from kdlab.methods.base import DistillContext, Distiller, DistillOutput
+from kdlab.methods.base import DistillContext, Distiller, DistillOutput, StepContext
 from kdlab.methods.registry import register_method
 from kdlab.models import FeatureTaps, TapPoint, stage_preset
 
@@ -213,7 +213,7 @@ class _IPWBase(Distiller):
         return features.detach() if self.params.detach_features else features
 
     def weights_for(self, kd_logits: Tensor, cls_logits: Tensor, targets: Tensor,
-                    teacher_probs: Tensor) -> Tensor:
+                    teacher_probs: Tensor, step: StepContext) -> Tensor:
         """The applied weights: estimated (detached under stop_gradient), or ones before start_epoch."""
         p: IPWParams = self.params
         if p.stop_gradient:
@@ -223,7 +223,7 @@ class _IPWBase(Distiller):
                               normalize=p.normalize_weights)
         if self.training:
             self.stats.update(weights, targets, teacher_probs)
-        if self.progress < p.start_epoch:
+        if step.stage_progress < p.start_epoch:
             return torch.ones_like(weights).detach()
         return weights
 
@@ -252,7 +252,7 @@ class IPWD(_IPWBase):
         if params.kd_head == "aux":
             self.kd_head = nn.Linear(self.cls_head.in_features, context.num_classes)
 
-    def forward(self, batch: Batch) -> DistillOutput:
+    def distill(self, batch: Batch, step: StepContext) -> DistillOutput:
         p: IPWDParams = self.params
         teacher_logits = self.batch_teacher_logits(batch)
         logits, features = self.run_student(batch.inputs)
@@ -265,7 +265,7 @@ class IPWD(_IPWBase):
             kd_logits = self.kd_head(head_input)
             losses["aux_kd"] = per_sample_kd(kd_logits, teacher_logits, p.temperature).mean()
         teacher_probs = F.softmax(teacher_logits.float(), dim=1)
-        weights = self.weights_for(kd_logits, cls_logits, batch.targets, teacher_probs)
+        weights = self.weights_for(kd_logits, cls_logits, batch.targets, teacher_probs, step)
         losses["kd"] = (weights * per_sample_kd(logits, teacher_logits, p.temperature)).mean()
         return DistillOutput(losses, logits)
 
@@ -312,14 +312,14 @@ class IPWDSelf(_IPWBase):
         self.predictions.index_copy_(0, indices, probs)
         self.seen[indices] = True
 
-    def forward(self, batch: Batch) -> DistillOutput:
+    def distill(self, batch: Batch, step: StepContext) -> DistillOutput:
         p: IPWDSelfParams = self.params
-        alpha = pskd_alpha(self.progress, p.epochs, p.alpha)
+        alpha = pskd_alpha(step.stage_progress, p.epochs, p.alpha)
         logits, features = self.run_student(batch.inputs)
         cls_logits = self.cls_head(self.head_input(features))
         targets = self.previous(batch.indices, batch.targets)
         log_probs = F.log_softmax(logits.float(), dim=1)
-        weights = self.weights_for(logits, cls_logits, batch.targets, targets)
+        weights = self.weights_for(logits, cls_logits, batch.targets, targets, step)
         losses = {
             "ce": (1 - alpha) * F.nll_loss(log_probs, batch.targets),
             "sd": alpha * (weights * -(targets * log_probs).sum(dim=1)).mean(),

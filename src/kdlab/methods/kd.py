@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from kdlab.data.batch import Batch
-from kdlab.methods.base import Distiller, DistillOutput
+from kdlab.methods.base import Distiller, DistillOutput, StepContext
 from kdlab.methods.registry import register_method
 
 
@@ -44,7 +44,7 @@ class HintonKD(Distiller):
     Params = KDParams
     teacher_cache = "logits"
 
-    def forward(self, batch: Batch) -> DistillOutput:
+    def distill(self, batch: Batch, step: StepContext) -> DistillOutput:
         teacher_logits = self.batch_teacher_logits(batch)
         logits = self.student(batch.inputs)
         return DistillOutput(

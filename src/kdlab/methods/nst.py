@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdlab.data.batch import Batch
-from kdlab.methods.base import DistillContext, DistillOutput
+from kdlab.methods.base import DistillContext, DistillOutput, StepContext
 from kdlab.methods.connectors import align_spatial, check_pairs
 from kdlab.methods.features import FeatureDistiller, FeatureParams
 from kdlab.methods.registry import register_method
@@ -67,14 +67,14 @@ class NeuronSelectivityTransfer(FeatureDistiller):
     def default_taps(self, preset: StagePreset, role: str) -> list[TapPoint]:
         return list(preset.stages)
 
-    def forward(self, batch: Batch) -> DistillOutput:
+    def distill(self, batch: Batch, step: StepContext) -> DistillOutput:
         losses: dict[str, Tensor] = {}
-        if self.weights["nst"]:
+        if step.weights["nst"]:
             out = self.run_models(batch)
             logits = out.student_logits
             losses["nst"] = nst_loss(out.student_features, out.teacher_features)
         else:
             logits = self.run_student(batch.inputs)
-        if self.weights["ce"]:
+        if step.weights["ce"]:
             losses["ce"] = F.cross_entropy(logits.float(), batch.targets)
         return DistillOutput(losses, logits)

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from kdlab.core.errors import ConfigError
 from kdlab.data.batch import Batch
-from kdlab.methods.base import DistillOutput
+from kdlab.methods.base import DistillOutput, StepContext
 from kdlab.methods.features import FeatureDistiller
 from kdlab.methods.registry import register_method
 from kdlab.models import StagePreset, TapPoint
@@ -62,7 +62,7 @@ class ProbabilisticKT(FeatureDistiller):
     def default_taps(self, preset: StagePreset, role: str) -> list[TapPoint]:
         return [preset.embedding]
 
-    def forward(self, batch: Batch) -> DistillOutput:
+    def distill(self, batch: Batch, step: StepContext) -> DistillOutput:
         out = self.run_models(batch)
         pkt = pkt_loss(out.student_features[0], out.teacher_features[0])
         return DistillOutput({"ce": F.cross_entropy(out.student_logits.float(), batch.targets), "pkt": pkt},

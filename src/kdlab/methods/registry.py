@@ -72,8 +72,5 @@ def build_distiller(
 ) -> Distiller:
     """Validate ``method.params`` against the method's own schema and build its Distiller."""
     method, params, weights = resolve_method(config)
-    distiller = method(
-        student, teacher, params, context, student_norm=student_norm, teacher_norm=teacher_norm
-    )
-    distiller.weights = weights
-    return distiller
+    return method(student, teacher, params, context, student_norm=student_norm, teacher_norm=teacher_norm,
+                  weights=weights)

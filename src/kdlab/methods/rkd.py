@@ -29,7 +29,7 @@ from torch import Tensor
 
 from kdlab.core.errors import ConfigError
 from kdlab.data.batch import Batch
-from kdlab.methods.base import DistillOutput
+from kdlab.methods.base import DistillOutput, StepContext
 from kdlab.methods.features import FeatureDistiller, FeatureParams
 from kdlab.methods.registry import register_method
 from kdlab.models import StagePreset, TapPoint
@@ -98,7 +98,7 @@ class RelationalKD(FeatureDistiller):
     def default_taps(self, preset: StagePreset, role: str) -> list[TapPoint]:
         return [preset.embedding]
 
-    def forward(self, batch: Batch) -> DistillOutput:
+    def distill(self, batch: Batch, step: StepContext) -> DistillOutput:
         out = self.run_models(batch)
         student, teacher = out.student_features[0], out.teacher_features[0]
         normalize = self.params.normalize

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from kdlab.core.errors import ConfigError
 from kdlab.data.batch import Batch
-from kdlab.methods.base import DistillOutput
+from kdlab.methods.base import DistillOutput, StepContext
 from kdlab.methods.features import FeatureDistiller
 from kdlab.methods.registry import register_method
 from kdlab.models import StagePreset, TapPoint
@@ -59,7 +59,7 @@ class SimilarityPreserving(FeatureDistiller):
     def default_taps(self, preset: StagePreset, role: str) -> list[TapPoint]:
         return [preset.stages[-1]]
 
-    def forward(self, batch: Batch) -> DistillOutput:
+    def distill(self, batch: Batch, step: StepContext) -> DistillOutput:
         out = self.run_models(batch)
         sp = sum(sp_loss(s, t) for s, t in zip(out.student_features, out.teacher_features, strict=True))
         return DistillOutput({"ce": F.cross_entropy(out.student_logits.float(), batch.targets), "sp": sp},

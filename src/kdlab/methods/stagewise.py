@@ -26,10 +26,11 @@ last stage end: any neck, e.g. WRN's final BN or ShuffleNetV2's 1x1 conv, and th
 method's config) is split: ``head_share`` of it to the head, the rest over the stages by
 ``stage_shares`` (equal by default). Each stage restarts the top-level schedule. ``mode: joint`` replaces
 the K stages by one ``backbone`` stage that trains all stages on ``sum_k L_k`` (the all-at-once
-ablation). An explicit ``stages:`` list in the config replaces the plan; a stage named ``stage<k>``
-then mimics stage k, any other stage uses the weighted ``mimic`` (summed over all stages) and ``ce``.
+ablation). An explicit ``stages:`` list in the config replaces the plan; a stage with
+``params: {mimic_stage: k}`` then mimics stage k alone, any other stage uses the weighted ``mimic``
+(summed over all stages) and ``ce``. The default plan's ``stage<k>`` stages carry ``mimic_stage: k``.
 
-In a ``stage<k>`` stage, student and teacher forwards stop once stage k's output is reached: later
+In a ``mimic_stage: k`` stage, student and teacher forwards stop once stage k's output is reached: later
 layers are not run. What the paper does not fix (we could read only its abstract and secondary notes)
 and is chosen here: post-activation stage outputs (``preact: true`` for the presets' pre-activation
 points), the mean reduction, adapters only where shapes differ, no joint fine-tune after the last
@@ -38,26 +39,23 @@ stage, and the neck trained with the head.
 
 from __future__ import annotations
 
-import re
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor, nn
 
 from kdlab.config.schema import RunConfig, StageConfig
 from kdlab.core.errors import ConfigError
 from kdlab.data.batch import Batch
-from kdlab.methods.base import DistillContext, DistillOutput
+from kdlab.methods.base import DistillContext, DistillOutput, StepContext
 from kdlab.methods.connectors import ConvRegressor, align_spatial, check_pairs
 from kdlab.methods.features import FeatureDistiller, FeatureParams
 from kdlab.methods.registry import register_method
 from kdlab.models import StagePreset, TapPoint
 from kdlab.models.hooks import find_module
 from kdlab.models.partition import segment_paths
-
-_STAGE_NAME = re.compile(r"stage(\d+)")
 
 
 def mimic_loss(student: Tensor, teacher: Tensor, reduction: Literal["mean", "sum"] = "mean") -> Tensor:
@@ -124,6 +122,12 @@ class StagewiseParams(FeatureParams):
         return value
 
 
+class StagewiseStageParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    mimic_stage: int | None = Field(None, ge=1, description="train backbone stage k alone to mimic the "
+                                                            "teacher's stage k (forwards stop there)")
+
+
 @register_method("stagewise")
 class Stagewise(FeatureDistiller):
     """Progressive stage-by-stage feature mimicking, then the task head from ground truth (Gao et al.)."""
@@ -131,6 +135,7 @@ class Stagewise(FeatureDistiller):
     terms = ("mimic", "ce")
     default_weights = {"mimic": 1.0, "ce": 1.0}
     Params = StagewiseParams
+    StageParams = StagewiseStageParams
     teacher_cache = "none"
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None, params: StagewiseParams,
@@ -176,34 +181,32 @@ class Stagewise(FeatureDistiller):
 
         if p.mode == "joint":
             backbone = [path for segment in self.segments[:-1] for path in student(segment)]
-            plans = [("backbone", budgets[0], [*backbone, "adapters"])]
+            plans = [("backbone", budgets[0], [*backbone, "adapters"], {})]
         else:
-            plans = [(f"stage{k + 1}", budget, [*student(self.segments[k]), f"adapters.{k}"])
-                     for k, budget in enumerate(budgets)]
+            plans = [(f"stage{k + 1}", budget, [*student(self.segments[k]), f"adapters.{k}"],
+                      {"mimic_stage": k + 1}) for k, budget in enumerate(budgets)]
         stages = [StageConfig(name=name, train_only=train_only, weights={"mimic": 1.0, "ce": 0.0},
-                              eval_every=budget, **{unit: budget})
-                  for name, budget, train_only in plans]
+                              eval_every=budget, params=params, **{unit: budget})
+                  for name, budget, train_only, params in plans]
         stages.append(StageConfig(name="head", train_only=student(self.segments[-1]),
                                   weights={"mimic": 0.0, "ce": 1.0}, **{unit: head}))
         return stages
 
-    def _stage_index(self) -> int | None:
-        match = _STAGE_NAME.fullmatch(self.stage)
-        if match is None:
-            return None
-        k = int(match.group(1))
-        if not 1 <= k <= len(self.adapters):
-            raise ConfigError(f"stages: stage {self.stage!r} names no backbone stage of the student "
+    def check_stage_params(self, params: StagewiseStageParams, key: str) -> None:
+        """A ``mimic_stage`` beyond the student's backbone stages is refused before training."""
+        k = params.mimic_stage
+        if k is not None and k > len(self.adapters):
+            raise ConfigError(f"{key}.mimic_stage: {k} names no backbone stage of the student "
                               f"(it has {len(self.adapters)})")
-        return k - 1
 
     def _mimic(self, k: int, student: Tensor, teacher: Tensor) -> Tensor:
         regressed, target = align_spatial(self.adapters[k](student), teacher)
         return mimic_loss(regressed, target, self.params.reduction)
 
-    def forward(self, batch: Batch) -> DistillOutput:
-        k = self._stage_index()
-        if k is not None:
+    def distill(self, batch: Batch, step: StepContext) -> DistillOutput:
+        mimic_stage = step.stage.params.mimic_stage
+        if mimic_stage is not None:
+            k = mimic_stage - 1
             with torch.no_grad():
                 teacher = forward_until(self.teacher, self.teacher_taps.taps[k],
                                         self.teacher_inputs(batch.inputs))
@@ -212,13 +215,13 @@ class Stagewise(FeatureDistiller):
             self.student_taps.clear()
             return DistillOutput({"mimic": self._mimic(k, student, teacher)}, student.new_empty(0))
         losses: dict[str, Tensor] = {}
-        if self.weights["mimic"]:
+        if step.weights["mimic"]:
             out = self.run_models(batch)
             logits = out.student_logits
             losses["mimic"] = sum(self._mimic(i, s, t) for i, (s, t) in
                                   enumerate(zip(out.student_features, out.teacher_features, strict=True)))
         else:
             logits = self.run_student(batch.inputs)
-        if self.weights["ce"]:
+        if step.weights["ce"]:
             losses["ce"] = F.cross_entropy(logits.float(), batch.targets)
         return DistillOutput(losses, logits)

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from kdlab.core.errors import ConfigError
 from kdlab.data.batch import Batch
-from kdlab.methods.base import DistillOutput
+from kdlab.methods.base import DistillOutput, StepContext
 from kdlab.methods.features import FeatureDistiller, FeatureParams
 from kdlab.methods.registry import register_method
 from kdlab.models import StagePreset, TapPoint
@@ -103,7 +103,7 @@ class VariationalInformationDistillation(FeatureDistiller):
     def default_taps(self, preset: StagePreset, role: str) -> list[TapPoint]:
         return list(preset.stages[-3:])
 
-    def forward(self, batch: Batch) -> DistillOutput:
+    def distill(self, batch: Batch, step: StepContext) -> DistillOutput:
         out = self.run_models(batch)
         vid = 0.0
         for regressor, s, t in zip(self.regressors, out.student_features, out.teacher_features, strict=True):

@@ -43,6 +43,7 @@ from kdlab.core import distributed
 from kdlab.core.errors import ConfigError
 from kdlab.engine.averaging.base import AveragingStrategy, register_strategy
 from kdlab.engine.averaging.weights import RunningMean
+from kdlab.methods.base import weighted_sum
 from kdlab.models.modes import eval_mode
 
 if TYPE_CHECKING:
@@ -165,7 +166,8 @@ class SWAD(AveragingStrategy):
                         logits = distiller.student(batch.inputs)
                         loss = F.cross_entropy(logits.float(), batch.targets, reduction="sum")
                     else:
-                        loss = distiller.weighted_total(distiller(batch).losses).float() * count
+                        step = trainer.context or trainer.step_context()
+                        loss = weighted_sum(distiller(batch, step).losses, step.weights).float() * count
                 total[0] += loss.double()
                 total[1] += count
         total = distributed.all_reduce_sum(total)
