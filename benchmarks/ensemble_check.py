@@ -32,11 +32,13 @@ from typing import Any
 import benchlib
 import torch
 
+from kdlab.assembly import build_run_data, build_teacher_ensemble
 from kdlab.config import validate
+from kdlab.core.runtime import Runtime
 from kdlab.engine.metrics import evaluate_model
 from kdlab.engine.precision import resolve_precision
 from kdlab.ensemble import TeacherEnsemble
-from kdlab.run import build_data_for, build_teacher_ensemble, train
+from kdlab.run import train
 
 # (table label, run-name prefix, method section without weights and temperature)
 METHODS = [
@@ -108,7 +110,7 @@ def main() -> None:
     teachers = [{"name": args.teacher, "checkpoint": d} for d in teacher_dirs]
     probe = validate({**base_tree(args, "probe", args.student, 1, 0), "teachers": teachers})
     device = torch.device("cpu")
-    data = build_data_for(probe, device)
+    data = build_run_data(probe, Runtime(device, seed=probe.train.seed))
     ensemble: TeacherEnsemble = build_teacher_ensemble(probe.teachers, data)
     ensemble_test = evaluate_model(ensemble, data.test, resolve_precision(args.precision, device))
     print(f"teacher ensemble: test {json.dumps(ensemble_test)}", flush=True)

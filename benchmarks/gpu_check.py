@@ -89,11 +89,12 @@ def _finite(value: float) -> bool:
 
 
 def check_sync(work: Path, device: str) -> dict[str, Any]:
-    import torch
 
+    from kdlab.assembly import build_run_data
     from kdlab.config import validate
+    from kdlab.core.runtime import Runtime
     from kdlab.engine.trainer import Trainer
-    from kdlab.run import build_data_for, train
+    from kdlab.run import train
 
     step = Trainer._train_step
 
@@ -118,7 +119,7 @@ def check_sync(work: Path, device: str) -> dict[str, Any]:
     finally:
         Trainer._train_step = step
     config = validate(tree(work, device, "sync-data"))
-    data_path = batches_sync_free(build_data_for(config, torch.device(device)).train)
+    data_path = batches_sync_free(build_run_data(config, Runtime(device, seed=config.train.seed)).train)
     unexpected = [m for m, verdict in found.items() if verdict != "no sync" and m != "bss"]
     ok = not unexpected and data_path == "no sync"
     return {"ok": ok, "unexpected_syncs": unexpected, "methods": found, "device_resident_data": data_path}
@@ -188,10 +189,13 @@ def check_compile(work: Path, device: str) -> dict[str, Any]:
 def check_cache(work: Path, device: str) -> dict[str, Any]:
     import torch
 
+    from kdlab.assembly import build_run_data, build_run_distiller
     from kdlab.config import validate
+    from kdlab.core.runtime import Runtime
     from kdlab.engine.precision import resolve_precision
     from kdlab.methods import kd_loss
-    from kdlab.run import attach_teacher_cache, build_data_for, build_distiller_for, train
+    from kdlab.run import train
+    from kdlab.run.teacher_cache import attach_teacher_cache
     from kdlab.teacher_cache import fill_teacher_cache
 
     weights = work / "cache-teacher.pt"
@@ -202,8 +206,8 @@ def check_cache(work: Path, device: str) -> dict[str, Any]:
     config = validate(run)
     fill_teacher_cache(config)
     where = torch.device(device)
-    data = build_data_for(config, where)
-    distiller = build_distiller_for(config, data).to(where).eval()
+    data = build_run_data(config, Runtime(where, seed=config.train.seed))
+    distiller = build_run_distiller(config, data).to(where).eval()
     attach_teacher_cache(config, data, distiller, where)
     autocast = resolve_precision(config.train.precision, where).autocast()
     loss_diffs = []

@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from kdlab.config import validate
+from kdlab.core.runtime import Runtime
 from kdlab.engine.logger import read_metrics
 from kdlab.run import train
 
@@ -73,7 +74,8 @@ def group_accuracy(model: nn.Module, head: list[int], tail: list[int], seed: int
     """Test accuracy of ``model`` on the samples of the head and of the tail classes."""
     from kdlab.data import build_data
 
-    data = build_data("digits", None, batch_size=256, val_fraction=0.2, device="cpu", seed=seed)
+    data = build_data({"name": "digits", "batch_size": 256, "val_fraction": 0.2},
+                       Runtime(device=torch.device("cpu"), seed=seed))
     model.eval()
     hits = torch.zeros(CLASSES)
     counts = torch.zeros(CLASSES)

@@ -79,13 +79,14 @@ def worker_bare(args: argparse.Namespace) -> dict[str, Any]:
     import torch
     import torch.nn.functional as F
 
+    from kdlab.assembly import build_run_data
     from kdlab.config import validate
-    from kdlab.run import build_data_for
+    from kdlab.core.runtime import Runtime
 
     baseline = benchlib.current_rss_mib()
     total = args.warmup + args.steps
     config = validate(kdlab_tree(args.precision, args.channels_last, total, args.seed), "benchmark")
-    data = build_data_for(config, torch.device("cpu"))
+    data = build_run_data(config, Runtime(seed=config.train.seed))
     data.train.set_epoch(0)
     batches = [(b.inputs, b.targets) for b in itertools.islice(data.train, total)]
     teacher, student = build_pair(args.seed)

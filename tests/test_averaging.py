@@ -4,10 +4,12 @@ import pytest
 import torch
 from torch import nn
 
+from kdlab.assembly import load_model_weights, result_checkpoint
 from kdlab.config import validate
 from kdlab.core import checkpoint
 from kdlab.core.checkpoint import load
 from kdlab.core.errors import ConfigError
+from kdlab.core.runtime import Runtime
 from kdlab.data.batch import Batch
 from kdlab.engine import Callback, Trainer
 from kdlab.engine.averaging import LossValley, recalibrate_bn
@@ -15,7 +17,7 @@ from kdlab.engine.averaging.ema import EMAParams
 from kdlab.engine.averaging.swad import SWAD, SWADParams
 from kdlab.models import build_model
 from kdlab.models.batchnorm import freeze_batchnorm
-from kdlab.run import checkpoint_path, load_weights, train
+from kdlab.run import train
 
 STEPS = 12
 
@@ -178,12 +180,12 @@ def digits_trainer(digits_config, callbacks, steps, run_dir=None):
     config = validate(digits_config(train={"epochs": None, "steps": steps, "eval_every": 1000},
                                     data={"subset": 320, "batch_size": 32}))
     torch.manual_seed(0)
-    data = build_data("digits", None, batch_size=32, val_fraction=0.2, subset=320, device="cpu", seed=0)
+    data = build_data({"name": "digits", "batch_size": 32, "val_fraction": 0.2, "subset": 320}, Runtime())
     student = build_model("cnn_tiny", 10, in_channels=1, batchnorm=False)
     distiller = build_distiller(config.method, student, None,
                                 DistillContext(10, (1, 8, 8), data.train.num_samples))
     return Trainer(distiller, data.train, data.val, train=config.train, device=torch.device("cpu"),
-                   optim=config.optim, schedule=config.schedule, callbacks=callbacks, select_model="averaged",
+                   optim=config.optim, schedule=config.schedule, callbacks=callbacks,
                    run_dir=run_dir)
 
 
@@ -281,9 +283,9 @@ def test_resume_restores_the_averaged_model_exactly(digits_config, strategy):
 def test_a_run_directory_means_the_model_its_summary_reports(digits_config, strategy, params, result_file):
     result = run(digits_config, f"result-{strategy}", strategy, params)
     assert result.summary["checkpoint"] == result_file
-    assert checkpoint_path(result.run_dir, "teacher.checkpoint") == result.run_dir / result_file
+    assert result_checkpoint(result.run_dir, "teacher.checkpoint") == result.run_dir / result_file
     model = build_model("cnn_tiny", 10, in_channels=1, batchnorm=False)
-    load_weights(model, result.run_dir, "teacher.checkpoint")
+    load_model_weights(model, result.run_dir, "teacher.checkpoint")
     if result_file == "averaged.pt":
         expected = load(result.run_dir / "last.pt")["callbacks"]["averaging"]["model"]
     else:

@@ -180,8 +180,8 @@ def test_report_to_a_file_is_one_line(tmp_path, capsys):
 
 
 def test_a_model_that_cannot_take_the_images_is_refused_before_training():
+    from kdlab.assembly import check_input_shape
     from kdlab.config import ConfigError
-    from kdlab.run import check_input_shape
 
     model = build_model("cnn_tiny", 10, in_channels=1).train()
     check_input_shape(model, (1, 8, 8), "student.name")

@@ -7,10 +7,9 @@ import torch
 
 from kdlab.config import load_config
 from kdlab.core.errors import ConfigError
+from kdlab.core.runtime import Runtime
 from kdlab.data import build_data
 from kdlab.data.corruption import (
-    ImbalanceSpec,
-    NoiseSpec,
     class_groups,
     class_sizes,
     keep_per_class,
@@ -136,13 +135,13 @@ def test_meter_per_class_and_groups():
 
 
 def digits(noise=None, imbalance=None, **kwargs):
-    return build_data("digits", None, batch_size=16, val_fraction=0.2, device="cpu", seed=0, noise=noise,
-                      imbalance=imbalance, **kwargs)
+    return build_data({"name": "digits", "batch_size": 16, "val_fraction": 0.2, "noise": noise,
+                       "imbalance": imbalance, **kwargs}, Runtime())
 
 
 def test_build_data_corrupts_train_and_val_but_never_test():
     clean = digits()
-    data = digits(NoiseSpec(rate=0.3), ImbalanceSpec(ratio=10))
+    data = digits(dict(rate=0.3), dict(ratio=10))
     report = data.corruption.report
     assert report["noise"]["realized_rate_train"] == pytest.approx(0.3, abs=1e-3)
     assert report["noise"]["realized_rate_val"] == pytest.approx(0.3, abs=3e-3)
@@ -157,21 +156,21 @@ def test_build_data_corrupts_train_and_val_but_never_test():
 
 
 def test_clean_validation_option_and_label_file_reuse(tmp_path):
-    data = digits(NoiseSpec(rate=0.5, val="clean"))
+    data = digits(dict(rate=0.5, val="clean"))
     assert data.corruption.report["noise"]["realized_rate_val"] == 0.0
     path = tmp_path / "labels.pt"
     torch.save(data.corruption.record, path)
-    again = digits(NoiseSpec(rate=0.5, val="clean", labels=str(path)))
+    again = digits(dict(rate=0.5, val="clean", labels=str(path)))
     assert torch.equal(again.train_targets, data.train_targets)
     with pytest.raises(ValueError, match="drawn with noise val='clean', but the config asks for 'noisy'"):
-        digits(NoiseSpec(rate=0.5, val="noisy", labels=str(path)))
+        digits(dict(rate=0.5, val="noisy", labels=str(path)))
     with pytest.raises(ValueError, match="does not cover"):  # another validation carve
-        build_data("digits", None, batch_size=16, val_fraction=0.1, device="cpu", seed=0,
-                   noise=NoiseSpec(rate=0.5, val="clean", labels=str(path)))
+        build_data({"name": "digits", "batch_size": 16, "val_fraction": 0.1, "noise": {"rate": 0.5,
+                    "val": "clean", "labels": str(path)}}, Runtime())
     with pytest.raises(ValueError, match="drawn with noise rate=0.5, but the config asks for 0.2"):
-        digits(NoiseSpec(rate=0.2, val="clean", labels=str(path)))
+        digits(dict(rate=0.2, val="clean", labels=str(path)))
     with pytest.raises(ValueError, match="drawn with noise seed=0, but the config asks for 99"):
-        digits(NoiseSpec(rate=0.5, val="clean", seed=99, labels=str(path)))  # a stale file is refused
+        digits(dict(rate=0.5, val="clean", seed=99, labels=str(path)))  # a stale file is refused
 
 
 def test_run_saves_labels_reports_groups_and_errors_name_the_key(digits_config, tmp_path):

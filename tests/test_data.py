@@ -15,9 +15,11 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
+from kdlab.core.runtime import Runtime
 from kdlab.data import DatasetNotFoundError, build_data, list_datasets
 from kdlab.data import imagefolder as imagefolder_module
 from kdlab.data.augment import CropFlip, crop_flip
+from kdlab.data.build import loader_workers
 from kdlab.data.cifar import load_cifar10, load_cifar100
 from kdlab.data.digits import load_digits
 from kdlab.data.errors import DatasetFormatError
@@ -166,7 +168,7 @@ def test_mnist_bad_header_names_the_file(tmp_path: Path) -> None:
 def test_missing_dataset_error_names_path_and_layout(tmp_path: Path, name: str, layout: str) -> None:
     root = tmp_path / "nowhere"
     with pytest.raises(DatasetNotFoundError) as info:
-        build_data(name, root, batch_size=4, device="cpu", seed=0)
+        build_data({"name": name, "root": root, "batch_size": 4}, Runtime())
     message = str(info.value)
     assert isinstance(info.value, FileNotFoundError)
     assert "\n" not in message and str(root) in message and layout in message
@@ -267,16 +269,8 @@ def test_imagefolder_large_images_are_read_lazily(tmp_path: Path) -> None:
     root = write_tree(tmp_path / "tree", tree_files(size=(80, 96)))
     data = load_imagefolder(root)
     assert not data.train.decoded and data.train.files[0].endswith("train/cat/000.png")
-    bundle = build_data(
-        "imagefolder",
-        root,
-        batch_size=4,
-        val_fraction=0.0,
-        device="cpu",
-        seed=3,
-        image_size=72,
-        num_workers=0,
-    )
+    bundle = build_data({"name": "imagefolder", "root": root, "batch_size": 4, "val_fraction": 0.0,
+                         "image_size": 72, "num_workers": 0}, Runtime(device=torch.device("cpu"), seed=3))
     assert isinstance(bundle.train, LoaderBatchSource) and bundle.input_shape == (3, 72, 72)
     bundle.train.set_epoch(1)
     first = list(bundle.train)
@@ -290,19 +284,10 @@ def test_imagefolder_large_images_are_read_lazily(tmp_path: Path) -> None:
 
 
 def test_loader_source_is_deterministic_with_persistent_workers(tmp_path: Path) -> None:
-    bundle = build_data(
-        "synthetic",
-        None,
-        batch_size=16,
-        device="cpu",
-        seed=1,
-        device_resident="off",
-        augment="standard",
-        num_workers=2,
-        num_train=64,
-        num_test=16,
-        image_size=8,
-    )
+    bundle = build_data({"name": "synthetic", "batch_size": 16, "device_resident": "off",
+                         "augment": "standard",
+                         "num_workers": 2, "image_size": 8, "options": {"num_train": 64, "num_test": 16}},
+                        Runtime(device=torch.device("cpu"), seed=1))
     runs = []
     for epoch in (0, 1, 0):
         bundle.train.set_epoch(epoch)
@@ -342,25 +327,28 @@ def test_registry_lists_every_dataset() -> None:
 def test_dataset_defaults_for_normalization_and_augmentation(tmp_path: Path) -> None:
     write_cifar10(tmp_path / "cifar")
     write_mnist(tmp_path / "mnist", gz=False)
-    options = {"batch_size": 4, "device": "cpu", "seed": 0, "val_fraction": 0.0}
-    cifar = build_data("cifar10", tmp_path / "cifar", **options)
+    options = {"batch_size": 4, "val_fraction": 0.0}
+    cifar = build_data({"name": "cifar10", "root": tmp_path / "cifar", **options})
     assert cifar.mean == (0.4914, 0.4822, 0.4465) and cifar.train.augment == CropFlip(4, True)
-    mnist = build_data("mnist", tmp_path / "mnist", **options)
+    mnist = build_data({"name": "mnist", "root": tmp_path / "mnist", **options})
     assert mnist.std == (0.3081,) and mnist.train.augment is None and mnist.input_shape == (1, 28, 28)
-    assert build_data("mnist", tmp_path / "mnist", augment="standard", **options).train.augment == CropFlip(
+    assert build_data({"name": "mnist", "root": tmp_path / "mnist", "augment": "standard",
+                       **options}).train.augment == CropFlip(
         2, False
     )
-    assert build_data("cifar10", tmp_path / "cifar", augment="none", **options).train.augment is None
-    resized = build_data("mnist", tmp_path / "mnist", image_size=32, **options)
+    assert build_data({"name": "cifar10", "root": tmp_path / "cifar", "augment": "none",
+                       **options}).train.augment is None
+    resized = build_data({"name": "mnist", "root": tmp_path / "mnist", "image_size": 32, **options})
     assert resized.input_shape == (1, 32, 32) and next(iter(resized.test)).inputs.shape[1:] == (1, 32, 32)
-    folder = build_data("imagefolder", write_tree(tmp_path / "tree", tree_files()), **options)
+    tree = write_tree(tmp_path / "tree", tree_files())
+    folder = build_data({"name": "imagefolder", "root": tree, **options})
     assert folder.mean == (0.485, 0.456, 0.406) and folder.train.augment == CropFlip(1, True)
 
 
 def test_large_images_cannot_be_device_resident(tmp_path: Path) -> None:
     root = write_tree(tmp_path / "tree", tree_files(size=(80, 80)))
     with pytest.raises(ValueError, match="device_resident='on' needs decoded images"):
-        build_data("imagefolder", root, batch_size=4, device="cpu", seed=0, device_resident="on")
+        build_data({"name": "imagefolder", "root": root, "batch_size": 4, "device_resident": "on"}, Runtime())
 
 
 # ---------------------------------------------------------------- splits
@@ -388,18 +376,8 @@ def test_subset_is_stratified_and_deterministic() -> None:
 
 
 def test_build_data_val_comes_from_train_never_test() -> None:
-    bundle = build_data(
-        "synthetic",
-        None,
-        batch_size=10,
-        val_fraction=0.25,
-        subset=50,
-        device="cpu",
-        seed=0,
-        num_train=100,
-        num_test=30,
-        image_size=8,
-    )
+    bundle = build_data({"name": "synthetic", "batch_size": 10, "val_fraction": 0.25, "subset": 50,
+                         "image_size": 8, "options": {"num_train": 100, "num_test": 30}}, Runtime())
     assert bundle.val.num_samples == 25 and bundle.train.num_samples == 50 and bundle.test.num_samples == 30
     assert bundle.train_targets.bincount().tolist() == [5] * 10
     assert bundle.input_shape == (3, 8, 8) and bundle.num_classes == 10 and len(bundle.mean) == 3
@@ -490,27 +468,16 @@ def test_eval_shards_cover_every_sample_once() -> None:
 
 
 def test_tensor_and_loader_paths_visit_the_same_batches() -> None:
-    options = {
-        "batch_size": 16,
-        "device": "cpu",
-        "seed": 2,
-        "augment": "none",
-        "num_train": 80,
-        "num_test": 8,
-        "image_size": 8,
-        "num_workers": 0,
-        "val_fraction": 0.0,
-    }
-    fast = build_data("synthetic", None, device_resident="on", **options)
-    slow = build_data("synthetic", None, device_resident="off", **options)
+    options = {"batch_size": 16, "augment": "none", "image_size": 8, "num_workers": 0, "val_fraction": 0.0,
+               "options": {"num_train": 80, "num_test": 8}}
+    fast = build_data({"name": "synthetic", "device_resident": "on", **options}, Runtime(seed=2))
+    slow = build_data({"name": "synthetic", "device_resident": "off", **options}, Runtime(seed=2))
     assert isinstance(slow.train, LoaderBatchSource)
     for a, b in zip(fast.train, slow.train, strict=True):
         assert torch.equal(a.indices, b.indices) and torch.allclose(a.inputs, b.inputs)
 
 
 def test_auto_loader_workers_share_the_node_cores_among_ranks(monkeypatch):
-    from kdlab.run import loader_workers
-
     monkeypatch.setattr("os.cpu_count", lambda: 16)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
     assert loader_workers("auto") == 4

@@ -6,7 +6,6 @@ import torch
 from PIL import Image
 
 from kdlab.data import DatasetNotFoundError, build_data
-from kdlab.data.corruption import NoiseSpec
 from kdlab.data.domains import DOMAIN_SETS, BalancedPlan, read_domains, split_domain
 from kdlab.data.domains.mnist import rotate
 from tests.test_data import write_mnist
@@ -30,8 +29,7 @@ def write_domain_folders(root: Path, name: str, skip: str | None = None) -> None
 
 
 def options(**extra):
-    return {"batch_size": 6, "eval_batch_size": 8, "val_fraction": 0.2, "device": "cpu", "seed": 0,
-            "num_workers": 0, **extra}
+    return {"batch_size": 6, "eval_batch_size": 8, "val_fraction": 0.2, "num_workers": 0, **extra}
 
 
 def domain_of(index: int, sizes: list[int]) -> int:
@@ -43,8 +41,8 @@ def test_each_dg_layout_loads_from_tiny_folders(tmp_path, name):
     write_domain_folders(tmp_path, name)
     spec = DOMAIN_SETS.get(name)
     n = len(spec.domains)
-    bundle = build_data(name, tmp_path, image_size=8, test_domains=[spec.domains[-1]],
-                        **options(batch_size=2 * (n - 1)))
+    bundle = build_data({"name": name, "root": tmp_path, "image_size": 8,
+                         "options": {"test_domains": [spec.domains[-1]]}, **options(batch_size=2 * (n - 1))})
     assert bundle.classes == ["bird", "cat", "dog"] and bundle.input_shape == (3, 8, 8)
     sizes = [3 * (PER_CLASS + d) for d in range(n)]
     in_sizes = [s - round(0.2 * s) for s in sizes]
@@ -58,8 +56,8 @@ def test_each_dg_layout_loads_from_tiny_folders(tmp_path, name):
 
 def test_lazy_folder_domains_stream_through_workers_with_domainbed_transforms(tmp_path):
     write_domain_folders(tmp_path, "pacs")
-    bundle = build_data("pacs", tmp_path / "PACS", image_size=72, test_domains=["S"],
-                        **options(device_resident="auto"))
+    bundle = build_data({"name": "pacs", "root": tmp_path / "PACS", "image_size": 72,
+                         "options": {"test_domains": ["S"]}, **options(device_resident="auto")})
     assert bundle.input_shape == (3, 72, 72) and bundle.train.loader is not None
     bundle.train.set_epoch(0)
     batches = list(bundle.train)
@@ -74,9 +72,9 @@ def test_missing_domain_folder_is_one_clear_error(tmp_path):
     write_domain_folders(tmp_path, "office_home", skip="Real World")
     with pytest.raises(DatasetNotFoundError, match=r"OfficeHome: domain folder 'Real World' not found in .*"
                                                    r"office_home.*\{Art,Clipart,Product,Real World\}"):
-        build_data("office_home", tmp_path, **options())
+        build_data({"name": "office_home", "root": tmp_path, **options()})
     with pytest.raises(DatasetNotFoundError, match="VLCS: folder .*VLCS not found"):
-        build_data("vlcs", tmp_path / "nothing", **options())
+        build_data({"name": "vlcs", "root": tmp_path / "nothing", **options()})
 
 
 def test_domain_splits_are_deterministic_disjoint_and_seeded():
@@ -122,7 +120,8 @@ def test_rotated_mnist_pools_shuffles_and_rotates_each_domain(mnist_root):
     digit[0, 0, 2:26, 13:15] = 255  # a vertical bar
     turned = rotate(digit, 90)[0, 0]
     assert turned[13:15, 2:26].float().mean() > 200 and turned[2:26, 13:15].float().mean() < 100
-    bundle = build_data("rotated_mnist", mnist_root, test_domains=["75"], **options(batch_size=5))
+    bundle = build_data({"name": "rotated_mnist", "root": mnist_root, "options": {"test_domains": ["75"]},
+                         **options(batch_size=5)})
     assert bundle.input_shape == (1, 28, 28) and bundle.mean == (0.0,)
     assert bundle.test.num_samples == 12 - round(0.2 * 12)
 
@@ -138,10 +137,13 @@ def test_colored_mnist_binary_labels_and_colour_channels(mnist_root):
 
 def test_bad_domain_options_are_named(mnist_root):
     with pytest.raises(ValueError, match="no domain 'ninety'"):
-        build_data("rotated_mnist", mnist_root, test_domains=["ninety"], **options(batch_size=5))
+        build_data({"name": "rotated_mnist", "root": mnist_root, "options": {"test_domains": ["ninety"]},
+                    **options(batch_size=5)})
     with pytest.raises(ValueError, match="every domain is a test domain"):
-        build_data("colored_mnist", mnist_root, test_domains=[0, 1, 2], **options(batch_size=4))
+        build_data({"name": "colored_mnist", "root": mnist_root, "options": {"test_domains": [0, 1, 2]},
+                    **options(batch_size=4)})
     with pytest.raises(ValueError, match="domain_size"):
-        build_data("rotated_mnist", mnist_root, subset=10, **options(batch_size=5))
+        build_data({"name": "rotated_mnist", "root": mnist_root, "subset": 10, **options(batch_size=5)})
     with pytest.raises(ValueError, match="label noise and class imbalance are not supported"):
-        build_data("rotated_mnist", mnist_root, noise=NoiseSpec(rate=0.2), **options(batch_size=5))
+        build_data({"name": "rotated_mnist", "root": mnist_root, "noise": {"rate": 0.2},
+                    **options(batch_size=5)})

@@ -15,6 +15,7 @@ from kdlab.config import validate
 from kdlab.config.schema import MethodConfig
 from kdlab.core.checkpoint import load
 from kdlab.core.errors import ConfigError
+from kdlab.core.runtime import Runtime
 from kdlab.data import Batch, build_data
 from kdlab.engine.metrics import ClassificationMeter
 from kdlab.ensemble import (
@@ -390,7 +391,7 @@ def test_batchensemble_kd_with_perturbation_end_to_end_and_export(digits_config,
     for member, path in zip(members, teacher_files, strict=True):
         member.load_state_dict(torch.load(path, weights_only=True))
     ensemble = TeacherEnsemble(members)
-    data = build_data("digits", None, batch_size=64, val_fraction=0.2, subset=256, device="cpu", seed=0)
+    data = build_data({"name": "digits", "batch_size": 64, "val_fraction": 0.2, "subset": 256}, Runtime())
     with torch.no_grad():
         test = [(ensemble(b.inputs), b.targets) for b in data.test]
     mean_prediction = torch.cat([p for p, _ in test]).argmax(1) == torch.cat([y for _, y in test])

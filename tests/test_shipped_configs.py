@@ -3,8 +3,8 @@ from pathlib import Path
 import pytest
 
 from kdlab.config import load_config
-from kdlab.methods import METHODS
-from kdlab.methods.registry import resolve_weights
+from kdlab.core.runtime import Runtime
+from kdlab.methods.registry import resolve_method
 from kdlab.models import list_models
 
 CONFIGS = sorted(p for p in (Path(__file__).parents[1] / "configs").rglob("*.yaml")
@@ -18,9 +18,7 @@ def test_configs_are_shipped():
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(p.parents[1])))
 def test_shipped_config_validates(path):
     config = load_config(path)
-    method = METHODS.get(config.method.name)
-    resolve_weights(method, config.method.name, config.method.weights)
-    method.validate_params(config.method.params)
+    resolve_method(config.method, str(path))
     models = set(list_models())
     assert config.student.name in models or config.student.name.startswith(("torchvision:", "timm:"))
     if config.teacher is not None:
@@ -53,24 +51,25 @@ def test_shipped_config_builds_its_distiller_and_stages(path):
     (randomly initialised: no checkpoint or download is read)."""
     import torch
 
+    from kdlab.assembly import build_run_distiller
     from kdlab.data import build_data
     from kdlab.engine.freeze import check_paths
     from kdlab.engine.stages import plan_stages
     from kdlab.ensemble import TeacherEnsemble
-    from kdlab.run import build_distiller_for
 
     torch.manual_seed(0)
     config = load_config(path)
     classes, channels, side = DATA_SHAPES[config.data.name]
-    data = build_data("synthetic", None, batch_size=8, device="cpu", seed=0, num_classes=classes,
-                      channels=channels, image_size=side, num_train=2 * classes, num_test=8, val_fraction=0)
+    data = build_data({"name": "synthetic", "batch_size": 8, "image_size": side, "val_fraction": 0,
+                       "options": {"num_classes": classes, "channels": channels, "num_train": 2 * classes,
+                       "num_test": 8}}, Runtime())
     student = random_network(config.student, classes, channels)
     teacher = None
     if config.teacher is not None:
         teacher = random_network(config.teacher, classes, channels)
     elif config.teachers:
         teacher = TeacherEnsemble([random_network(t, classes, channels) for t in config.teachers])
-    distiller = build_distiller_for(config, data, student=student, teacher=teacher)
+    distiller = build_run_distiller(config, data, student=student, teacher=teacher)
     for stage in plan_stages(config, None if config.stages else distiller.default_stages(config)):
         check_paths(distiller, stage.freeze, f"stages.{stage.name}.freeze")
         check_paths(distiller, stage.train_only or (), f"stages.{stage.name}.train_only")

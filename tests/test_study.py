@@ -15,8 +15,7 @@ from kdlab.cli.main import main as cli_main
 from kdlab.config import load_config
 from kdlab.config.load import ConfigError, validate
 from kdlab.engine.callbacks import Callback
-from kdlab.methods import METHODS
-from kdlab.methods.registry import resolve_weights
+from kdlab.methods.registry import resolve_method
 from kdlab.protocols.grid import expand, expand_conditions
 from kdlab.protocols.records import read_results
 from kdlab.protocols.study import Study
@@ -263,9 +262,7 @@ def test_shipped_studies_expand_into_valid_runs(path):
     assert jobs and len({j.id for j in jobs}) == len(jobs)
     for job in jobs:
         run = validate(job.tree, source=job.id)
-        method = METHODS.get(run.method.name)
-        resolve_weights(method, run.method.name, run.method.weights)
-        method.validate_params(run.method.params)
+        method, _, _ = resolve_method(run.method, job.id)
         assert (run.teacher is not None) == method.needs_teacher
 
 

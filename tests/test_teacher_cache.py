@@ -8,11 +8,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from kdlab.assembly import build_run_data, build_run_distiller
 from kdlab.config.load import ConfigError, validate
+from kdlab.core.runtime import Runtime
 from kdlab.methods import kd_loss
 from kdlab.methods.base import weighted_sum
 from kdlab.models import build_model
-from kdlab.run import attach_teacher_cache, build_data_for, build_distiller_for, train
+from kdlab.run import train
+from kdlab.run.teacher_cache import attach_teacher_cache
 from kdlab.teacher_cache import CacheLayout, cache_bytes, fill_teacher_cache, topk_to_logits
 from kdlab.teacher_cache import fill as fill_module
 
@@ -45,8 +48,8 @@ def cache_config(digits_config, teacher_weights, tmp_path):
 def filled_and_replayed(config):
     """Fill the config's cache, then build its data and distiller with the training source replaying it."""
     fill_teacher_cache(config)
-    data = build_data_for(config, torch.device("cpu"))
-    distiller = build_distiller_for(config, data)
+    data = build_run_data(config, Runtime(seed=config.train.seed))
+    distiller = build_run_distiller(config, data)
     attach_teacher_cache(config, data, distiller, torch.device("cpu"))
     return data, distiller
 

@@ -5,6 +5,7 @@ import torch
 
 from kdlab.config import validate
 from kdlab.core.checkpoint import load
+from kdlab.core.runtime import Runtime
 from kdlab.engine import Callback, NonFiniteLossError
 from kdlab.engine.logger import read_metrics
 from kdlab.run import train
@@ -141,7 +142,7 @@ def test_evaluation_restores_each_module_mode():
 
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.BatchNorm1d(64), torch.nn.Linear(64, 10)).train()
     model[1].eval()
-    data = build_data("digits", None, batch_size=32, device="cpu", seed=0)
+    data = build_data({"name": "digits", "batch_size": 32}, Runtime())
     evaluate_model(model, data.val, resolve_precision("fp32", torch.device("cpu")))
     assert model.training and model[2].training and not model[1].training
 

@@ -6,12 +6,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from kdlab.assembly import load_saved_model
 from kdlab.config.compare import SPLIT_KEYS, first_change
 from kdlab.core import checkpoint
 from kdlab.core.errors import ConfigError
 from kdlab.engine.metrics import evaluate_model
 from kdlab.engine.precision import resolve_precision
-from kdlab.run import load_saved_model
 
 
 def evaluate_checkpoint(location: str | Path, overrides: Sequence[str] = (),

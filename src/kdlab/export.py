@@ -37,8 +37,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from kdlab.assembly import load_saved_model
 from kdlab.core.errors import UserError
-from kdlab.run import load_saved_model
 
 FORMATS = ("state_dict", "torchscript", "onnx")
 ONNX_LOGGERS = ("onnxscript", "onnx_ir", "torch.onnx")

@@ -88,11 +88,7 @@ def cmd_study(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from kdlab.report import write_report
 
-    try:
-        path = write_report(args.directory, args.out, split=args.split)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"kdlab: error: {exc}", file=sys.stderr)
-        return 2
+    path = write_report(args.directory, args.out, split=args.split)
     print(f"report: {path}")
     return 0
 
@@ -127,15 +123,11 @@ def cmd_dg(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from kdlab.export import ExportError, export_student
+    from kdlab.export import export_student
 
-    try:
-        report = export_student(args.checkpoint, args.out, args.overrides,
-                                formats=args.format or ("state_dict", "torchscript", "onnx"),
-                                check_batch=args.check_batch, model=args.model)
-    except ExportError as exc:
-        print(f"kdlab: error: {exc}", file=sys.stderr)
-        return 2
+    report = export_student(args.checkpoint, args.out, args.overrides,
+                            formats=args.format or ("state_dict", "torchscript", "onnx"),
+                            check_batch=args.check_batch, model=args.model)
     print(json.dumps(report, indent=2))
     return 0
 

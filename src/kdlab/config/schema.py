@@ -6,6 +6,7 @@ declares its own ``Params`` model, validated when the method is built (see ``kdl
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, field_validator, model_validator
@@ -75,6 +76,11 @@ class DataConfig(Section):
     options: dict[str, Any] = Field(default_factory=dict, description="dataset-specific options")
     noise: NoiseConfig | None = Field(None, description="label noise on train/val (test stays clean)")
     imbalance: ImbalanceConfig | None = Field(None, description="long-tail train/val (test stays balanced)")
+
+    @field_validator("root", mode="before")
+    @classmethod
+    def _path_as_text(cls, value: Any) -> Any:
+        return os.fspath(value) if isinstance(value, os.PathLike) else value
 
 
 class ModelConfig(Section):

@@ -47,6 +47,25 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def all_reduce_(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
+    """``tensor`` reduced in place over all processes (``"sum"``, ``"mean"`` or ``"max"``)."""
+    if is_enabled():
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
+        if op == "mean":
+            tensor /= world_size()
+    return tensor
+
+
+def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
+    """The concatenation of ``tensor`` (same shape on every rank) over all processes along dim 0, in
+    rank order; ``tensor`` itself without a process group."""
+    if not is_enabled():
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(world_size())]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts)
+
+
 def broadcast_object(obj: object) -> object:
     """Rank 0's value of ``obj`` on every rank."""
     if not is_enabled():

@@ -1,6 +1,6 @@
 """The data layer: dataset readers (no downloads), splits, and batch sources on the training device.
 
-``build_data(name, root, ...)`` returns a :class:`DataBundle` whose ``train``/``val``/``test`` are
+``build_data(data_section, runtime)`` returns a :class:`DataBundle` whose ``train``/``val``/``test`` are
 :class:`BatchSource` objects yielding normalized :class:`Batch` es. Registered datasets: see
 :func:`list_datasets`.
 """

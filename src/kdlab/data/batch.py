@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -55,3 +55,27 @@ class Replay(Protocol):
     device: torch.device
 
     def load(self, epoch: int) -> ReplaySlab: ...
+
+
+@runtime_checkable
+class ReplayableSource(Protocol):
+    """A training source that a teacher cache can be filled from and replayed into.
+
+    ``augment_spec`` describes its random augmentation as the cache records it; ``draw_by_sample`` is one
+    epoch's augmentation draws indexed by sample id (``[num_samples, width]`` int32); ``views`` yields
+    batches of samples ``indices`` augmented with given draws, normalized, on the device; ``samples``
+    is what identifies the split's samples (its decoded uint8 images, or its file paths); and after
+    ``set_replay`` the source takes each epoch's draws and teacher outputs from the cache.
+    """
+
+    num_samples: int
+
+    def augment_spec(self) -> dict[str, object]: ...
+
+    def draw_by_sample(self, generator: torch.Generator) -> Tensor: ...
+
+    def views(self, indices: Tensor, draws: Tensor, batch_size: int) -> Iterator[Tensor]: ...
+
+    def samples(self) -> Tensor | list[str]: ...
+
+    def set_replay(self, replay: Replay) -> None: ...

@@ -1,15 +1,23 @@
-"""``build_data``: from a dataset name and plain options to the engine's train/val/test batch sources."""
+"""``build_data``: from a run config's ``data`` section to the engine's train/val/test batch sources."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import inspect
+import os
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
+from pydantic import ValidationError
 from torch import Tensor
 
+from kdlab.config.load import explain
+from kdlab.config.schema import DataConfig
+from kdlab.core.errors import ConfigError
+from kdlab.core.registry import UnknownNameError
+from kdlab.core.runtime import Runtime
 from kdlab.data.augment import CropFlip
 from kdlab.data.batch import BatchSource
 from kdlab.data.catalog import DATASETS, DatasetSpec
@@ -26,8 +34,6 @@ from kdlab.data.transforms import (
     large_train_transform,
 )
 
-AUGMENT_MODES = ("default", "none", "standard")
-RESIDENCY_MODES = ("auto", "on", "off")
 LARGE_IMAGE_SIZE = 224
 
 
@@ -53,17 +59,11 @@ class DataBundle:
     corruption: CorruptedSplits | None = None
 
 
-def _choice(value: str, choices: tuple[str, ...], what: str) -> str:
-    if value not in choices:
-        raise ValueError(f"{what} must be one of {', '.join(choices)}; got {value!r}")
-    return value
-
-
 def _normalization(
     mean: Sequence[float] | None, std: Sequence[float] | None, spec: DatasetSpec, train: Split
 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
     if (mean is None) != (std is None):
-        raise ValueError("give both mean and std, or neither")
+        raise ConfigError("data.mean/std: give both mean and std, or neither")
     if mean is not None:
         return tuple(mean), tuple(std)
     if spec.mean is not None:
@@ -109,41 +109,28 @@ class LoaderSettings:
                 "world_size": self.world_size}
 
 
-def build_data(
-    name: str,
-    root: str | Path | None,
-    *,
-    batch_size: int,
-    eval_batch_size: int = 256,
-    val_fraction: float = 0.1,
-    split_seed: int = 0,
-    subset: int | None = None,
-    augment: Literal["default", "none", "standard"] = "default",
-    device: torch.device | str,
-    seed: int,
-    rank: int = 0,
-    world_size: int = 1,
-    num_workers: int = 2,
-    device_resident: Literal["auto", "on", "off"] = "auto",
-    image_size: int | None = None,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
-    drop_last: bool = True,
-    noise: NoiseSpec | None = None,
-    imbalance: ImbalanceSpec | None = None,
-    **dataset_options: Any,
-) -> DataBundle:
-    """Read dataset ``name`` from ``root`` and build its train/val/test batch sources for this rank.
+def loader_workers(setting: int | str) -> int:
+    """``data.num_workers``: a count, or ``auto``: this node's cores over its ranks, 1 to 8."""
+    if setting != "auto":
+        return int(setting)
+    ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(1, min(8, (os.cpu_count() or 1) // ranks))
+
+
+def build_data(config: DataConfig | Mapping[str, Any], runtime: Runtime | None = None) -> DataBundle:
+    """Read the dataset of ``config`` (a run config's ``data`` section, or a mapping validated as one)
+    and build its train/val/test batch sources for this process (``runtime``: the device, the DDP rank
+    and world size, the seed of shuffles and augmentations; default: CPU, one process, seed 0).
 
     The validation split is carved from train (``val_fraction``, stratified, seeded by ``split_seed``),
     then ``subset`` caps the training split (stratified, same seed). Batch sizes are global: each rank
     yields ``batch_size // world_size`` samples per training batch. ``augment="default"`` uses the
     dataset's default training augmentation, ``"standard"`` forces it, ``"none"`` disables it.
-    ``device_resident="auto"`` keeps decoded uint8 datasets on ``device`` (:class:`TensorBatchSource`)
+    ``device_resident="auto"`` keeps decoded uint8 datasets on the device (:class:`TensorBatchSource`)
     and streams large-image folders through a DataLoader (:class:`LoaderBatchSource`); ``"on"``/``"off"``
     force one path (``"on"`` fails for large-image folders). ``image_size`` resizes decoded datasets,
     or sets the crop size of large-image folders (224 by default). ``mean``/``std`` override the
-    dataset's normalization. ``dataset_options`` go to the reader (e.g. ``num_classes``, ``channels``,
+    dataset's normalization. ``options`` go to the reader (e.g. ``num_classes``, ``channels``,
     ``num_train``, ``num_test``, ``data_seed`` for ``synthetic``). ``imbalance`` and then ``noise`` corrupt
     the training and validation parts after the validation carve and ``subset``
     (:mod:`kdlab.data.corruption`); the test part stays clean and balanced.
@@ -154,23 +141,45 @@ def build_data(
     less; sum correct/total counts across ranks rather than averaging per-rank means, and avoid
     per-batch collectives during evaluation.
     """
-    spec = DATASETS.get(name)
+    if not isinstance(config, DataConfig):
+        try:
+            config = DataConfig.model_validate(dict(config))
+        except ValidationError as exc:
+            raise ConfigError(explain(exc, "build_data", DataConfig, prefix="data.")) from None
+    runtime = runtime or Runtime()
+    try:
+        spec = DATASETS.get(config.name)
+    except UnknownNameError as exc:
+        raise ConfigError(f"data.name: {exc}") from None
     settings = LoaderSettings(
-        batch_size=batch_size, device=torch.device(device), seed=seed, eval_batch_size=eval_batch_size,
-        val_fraction=val_fraction, split_seed=split_seed, subset=subset,
-        augment=_choice(augment, AUGMENT_MODES, "augment"), rank=rank, world_size=world_size,
-        num_workers=num_workers, device_resident=_choice(device_resident, RESIDENCY_MODES, "device_resident"),
-        image_size=image_size, mean=None if mean is None else tuple(mean),
-        std=None if std is None else tuple(std), drop_last=drop_last,
+        batch_size=config.batch_size, device=runtime.device, seed=runtime.seed,
+        eval_batch_size=config.eval_batch_size, val_fraction=config.val_fraction,
+        split_seed=config.split_seed, subset=config.subset, augment=config.augment, rank=runtime.rank,
+        world_size=runtime.world_size, num_workers=loader_workers(config.num_workers),
+        device_resident=config.device_resident, image_size=config.image_size,
+        mean=None if config.mean is None else tuple(config.mean),
+        std=None if config.std is None else tuple(config.std),
     )
+    noise = None if config.noise is None else NoiseSpec(**config.noise.model_dump())
+    imbalance = None if config.imbalance is None else ImbalanceSpec(**config.imbalance.model_dump())
     if spec.bundle is not None:
         if noise is not None or imbalance is not None:
-            raise ValueError(f"label noise and class imbalance are not supported for {name!r}: it builds "
-                             "its own domain splits; remove data.noise and data.imbalance")
-        return spec.bundle(root, settings, **dataset_options)
-    if spec.needs_root and root is None:
-        raise ValueError(f"dataset {name!r} is read from disk: pass its root folder")
-    return _build_split_dataset(spec, root, settings, noise, imbalance, dataset_options)
+            raise ConfigError(f"data: label noise and class imbalance are not supported for {config.name!r}: "
+                              "it builds its own domain splits; remove data.noise and data.imbalance")
+        check_options(spec.bundle, config, config.root, settings)
+        return spec.bundle(config.root, settings, **config.options)
+    if spec.needs_root and config.root is None:
+        raise ConfigError(f"data.root: dataset {config.name!r} is read from disk: set its root folder")
+    check_options(spec.load, config, config.root, image_size=settings.image_size)
+    return _build_split_dataset(spec, config.root, settings, noise, imbalance, config.options)
+
+
+def check_options(reader: Callable[..., Any], config: DataConfig, *args: Any, **kwargs: Any) -> None:
+    """``data.options`` must be options the dataset's reader takes (checked before it runs)."""
+    try:
+        inspect.signature(reader).bind(*args, **kwargs, **config.options)
+    except TypeError as exc:
+        raise ConfigError(f"data.options: {config.name!r} does not take these options ({exc})") from None
 
 
 def _build_split_dataset(
@@ -192,12 +201,13 @@ def _build_split_dataset(
         train = replace(train, targets=corruption.train_targets)
         val = replace(val, targets=corruption.val_targets) if val is not None else None
     if s.drop_last and len(train) < s.batch_size:
-        raise ValueError(f"the training split has {len(train)} samples, fewer than batch_size {s.batch_size}")
+        raise ConfigError(f"data.batch_size: the training split has {len(train)} samples, fewer than "
+                          f"batch_size {s.batch_size}")
 
     decoded = train.decoded
     resident = decoded if s.device_resident == "auto" else s.device_resident == "on"
     if resident and not decoded:
-        raise ValueError(
+        raise ConfigError(
             f"device_resident='on' needs decoded images, but {root} holds large images read lazily;"
             " use 'auto' or 'off', or set image_size <= 64 to decode them up front"
         )
@@ -205,7 +215,8 @@ def _build_split_dataset(
     size = s.image_size or LARGE_IMAGE_SIZE
     shape = tuple(train.images.shape[1:]) if decoded else (3, size, size)
     if len(norm_mean) != shape[0] or len(norm_std) != shape[0]:
-        raise ValueError(f"mean/std have {len(norm_mean)}/{len(norm_std)} values for {shape[0]} channels")
+        raise ConfigError(f"data.mean/std: mean/std have {len(norm_mean)}/{len(norm_std)} values for "
+                          f"{shape[0]} channels")
     common = s.source_kwargs(norm_mean, norm_std)
     train_args = {"batch_size": s.batch_size, "shuffle": True, "drop_last": s.drop_last, **common}
     eval_args = {"batch_size": s.eval_batch_size, "shuffle": False, **common}

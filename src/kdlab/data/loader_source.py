@@ -124,6 +124,11 @@ class LoaderBatchSource:
         for images, _, _ in loader:
             yield self.normalize(images.to(self.device, non_blocking=True))
 
+    def samples(self) -> Tensor | list[str]:
+        """The split's decoded images, or its file paths when it decodes them lazily."""
+        split = self.loader.dataset.split
+        return split.images if split.images is not None else [str(f) for f in split.files]
+
     def set_replay(self, replay: Replay) -> None:
         """Read transform seeds and teacher outputs from ``replay`` from now on."""
         self.replay = replay

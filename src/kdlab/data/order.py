@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from kdlab.core.errors import ConfigError
+
 
 def derive_seed(*parts: int) -> int:
     """A well-mixed 63-bit seed from integers (e.g. a base seed, an epoch and a stream id)."""
@@ -50,9 +52,10 @@ class Plan:
         if self.shuffle and self.num_samples == 0:
             raise ValueError("cannot shuffle an empty split")
         if self.batch_size < self.world_size:
-            raise ValueError(f"batch_size {self.batch_size} is smaller than world_size {self.world_size}")
+            raise ConfigError(f"data.batch_size: batch_size {self.batch_size} is smaller than world_size "
+                              f"{self.world_size}")
         if self.shuffle and self.batch_size % self.world_size:
-            raise ValueError(
+            raise ConfigError(
                 f"training batch_size {self.batch_size} must be a multiple of world_size {self.world_size}"
             )
 

@@ -87,6 +87,10 @@ class TensorBatchSource:
         for start in range(0, len(indices), batch_size):
             yield self._view(indices[start : start + batch_size], draws[start : start + batch_size])
 
+    def samples(self) -> Tensor:
+        """The split's decoded uint8 images (what identifies its samples to a teacher cache)."""
+        return self.images
+
     def set_replay(self, replay: Replay) -> None:
         """Read augmentation draws and teacher outputs from ``replay`` from now on."""
         self.replay = replay

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
+from kdlab.engine.selection import ResultSelection
+
 if TYPE_CHECKING:
     from kdlab.engine.trainer import Trainer
 
@@ -35,6 +37,18 @@ class Callback:
     def eval_models(self, trainer: Trainer) -> dict[str, nn.Module]:
         """Extra models evaluated beside the online student, by name."""
         return {}
+
+    def check(self, trainer: Trainer) -> None:
+        """Refuse, with a ``ConfigError``, a run this callback cannot serve (called once the trainer is
+        built, before anything is written)."""
+
+    def describe(self) -> dict[str, Any] | None:
+        """What the run's ``summary.json`` records under this callback's ``name`` (None: nothing)."""
+        return None
+
+    def selection(self) -> ResultSelection | None:
+        """The run's result when it is one of this callback's models (None: not decided here)."""
+        return None
 
     def state_dict(self) -> dict[str, Any]:
         return {}

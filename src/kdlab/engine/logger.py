@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from kdlab.core.errors import ConfigError
+
 
 def _clean(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
@@ -24,7 +26,7 @@ class MetricsLogger:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
-                raise ValueError("train.tensorboard needs tensorboard: pip install 'kdlab[tb]'") from None
+                raise ConfigError("train.tensorboard needs tensorboard: pip install 'kdlab[tb]'") from None
 
             self._tb = SummaryWriter(str(run_dir / "tb"))
 
@@ -45,5 +47,17 @@ class MetricsLogger:
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The records of a run's ``metrics.jsonl`` ([] when it has none); a line that is not a JSON record
+    (torn by a kill mid-write) is skipped."""
     path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
+from kdlab.core.errors import ConfigError
+
 
 def cpu_supports_bf16() -> bool:
     """True when oneDNN has native bf16 kernels on this CPU (AVX512-BF16 or AMX)."""
@@ -46,8 +48,8 @@ def resolve_precision(requested: str, device: torch.device) -> Precision:
     if requested == "auto":
         requested = "bf16" if bf16_ok else ("fp16" if kind == "cuda" else "fp32")
     if requested == "bf16" and not bf16_ok:
-        raise ValueError(f"train.precision: bf16 is not supported on this {kind} device; use fp32")
+        raise ConfigError(f"train.precision: bf16 is not supported on this {kind} device; use fp32")
     if requested == "fp16" and kind != "cuda":
-        raise ValueError("train.precision: fp16 needs a CUDA device; use bf16 or fp32 on CPU")
+        raise ConfigError("train.precision: fp16 needs a CUDA device; use bf16 or fp32 on CPU")
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[requested]
     return Precision(requested, dtype, kind)

@@ -8,21 +8,20 @@ It never sees the test split: the run layer evaluates test once training is over
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import resource
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 import torch
-from pydantic import ValidationError
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from kdlab.config.load import explain
 from kdlab.config.schema import OptimConfig, ScheduleConfig, TrainConfig
 from kdlab.core import checkpoint, distributed
 from kdlab.core.errors import ConfigError, NonFiniteLossError
@@ -33,6 +32,7 @@ from kdlab.engine.logger import MetricsLogger
 from kdlab.engine.metrics import ClassBreakdown, better, evaluate_model
 from kdlab.engine.optim import build_optimizer, build_scheduler
 from kdlab.engine.precision import resolve_precision
+from kdlab.engine.selection import ResultSelection, choose_selection
 from kdlab.engine.stages import Stage, StageClock
 from kdlab.methods.base import Distiller, DistillOutput, StageInfo, StepContext, weighted_sum
 
@@ -64,12 +64,13 @@ class Trainer:
         run_dir: Path | None = None,
         callbacks: Sequence[Callback] = (),
         config: dict[str, Any] | None = None,
-        select_model: str = "student",
+        selection: ResultSelection | None = None,
         class_breakdown: ClassBreakdown | None = None,
     ) -> None:
         """``stages`` is the run's plan; without it, one stage from ``optim``, ``schedule`` and the
         budget in ``train`` (``epochs`` or ``steps``). ``class_breakdown`` adds per-class (and per-group)
-        top-1 to every evaluation."""
+        top-1 to every evaluation. ``selection`` is the run's result (default: an averaging callback's
+        model, else the method's deployable model; see :mod:`kdlab.engine.selection`)."""
         self.cfg = train
         self.device = device
         self.train_data = train_data
@@ -77,7 +78,7 @@ class Trainer:
         self.run_dir = run_dir
         self.callbacks = list(callbacks)
         self.config = config or {}
-        self.select_model = select_model
+        self.selection = selection or choose_selection(distiller.select_model, callbacks)
         self.class_breakdown = class_breakdown
         self.precision = resolve_precision(train.precision, device)
         self.distiller = distiller.to(device)
@@ -95,7 +96,8 @@ class Trainer:
         self.stages = list(stages)
         self.steps_per_epoch = len(train_data)
         if self.steps_per_epoch == 0:
-            raise ValueError("the training split yields no batch: lower data.batch_size or use more data")
+            raise ConfigError("data.batch_size: the training split yields no batch; lower data.batch_size "
+                              "or use more data")
         self.clock = StageClock(self.stages, self.steps_per_epoch)
         self.total_steps = self.clock.total_steps
         self.freezer = StageFreezer(self.distiller)
@@ -119,6 +121,8 @@ class Trainer:
         self.train_time = 0.0
         self.images_seen = 0
         self.is_main = distributed.is_main()
+        for callback in self.callbacks:
+            callback.check(self)
         self.logger = MetricsLogger(run_dir if self.is_main else None, tensorboard=train.tensorboard)
 
     def _stage_weights(self, index: int, stage: Stage) -> Mapping[str, float]:
@@ -137,12 +141,7 @@ class Trainer:
 
     def _stage_info(self, index: int, stage: Stage) -> StageInfo:
         """Stage ``index`` as the method sees it, its ``params`` validated by the method."""
-        key = f"stages.{index}.params"
-        try:
-            params = self.distiller.validate_stage_params(stage.params)
-        except ValidationError as exc:
-            raise ConfigError(explain(exc, "config", self.distiller.StageParams, prefix=f"{key}.")) from None
-        self.distiller.check_stage_params(params, key)
+        params = self.distiller.stage_params(stage.params, f"stages.{index}.params")
         epochs = stage.num_steps(self.steps_per_epoch) / self.steps_per_epoch
         return StageInfo(stage.name, index, epochs, params)
 
@@ -342,14 +341,15 @@ class Trainer:
 
     def _update_best(self, results: dict[str, dict[str, float]]) -> None:
         """Track the best validation score of the selected model, in the final stage only."""
-        if self.select_model not in results or self.stage_index != len(self.stages) - 1:
+        name = self.selection.model
+        if name not in results or self.stage_index != len(self.stages) - 1:
             return
         metric = self.cfg.select_metric
-        value = results[self.select_model][metric]
+        value = results[name][metric]
         if not better(metric, value, None if self.best is None else self.best["value"]):
             return
         self.best = {"metric": metric, "value": value, "step": self.step, "epoch": round(self.epoch, 4),
-                     "model": self.select_model, "val": results[self.select_model]}
+                     "model": name, "val": results[name]}
         if self.run_dir is None:
             self._best_state = {k: v.detach().clone() for k, v in self.selected_state_dict().items()}
         elif self.is_main:
@@ -364,11 +364,36 @@ class Trainer:
         return checkpoint.load(self.run_dir / "best.pt", map_location=self.device)["model"]
 
     def selected_state_dict(self) -> dict[str, Tensor]:
-        """The state of the model named by ``select_model``, keyed like the distiller's student."""
-        if self.select_model == "student":
+        """The state of the result's model (``selection.model``), keyed like the distiller's student."""
+        if self.selection.model == "student":
             return self.distiller.state_dict()
-        model = self.eval_models()[self.select_model]
+        model = self.eval_models()[self.selection.model]
         return {f"student.{k}": v for k, v in model.state_dict().items()}
+
+    @property
+    def selected_is_last(self) -> bool:
+        """Whether the best validated state is the current one (or nothing was validated)."""
+        return self.best is None or self.best["step"] == self.step
+
+    def result_model(self) -> nn.Module:
+        """The result's model in its current (last) state."""
+        return self.eval_models()[self.selection.model]
+
+    @contextlib.contextmanager
+    def selected_model(self) -> Iterator[nn.Module]:
+        """The result's model holding its weights at the best validation score (``best.pt``) for the
+        block, its current weights restored after; the model as it is when that score is its current
+        state or nothing was validated."""
+        model = self.result_model()
+        if self.selected_is_last:
+            yield model
+            return
+        current = {k: v.clone() for k, v in model.state_dict().items()}
+        model.load_state_dict(checkpoint.student_state(self.best_state_dict()))
+        try:
+            yield model
+        finally:
+            model.load_state_dict(current)
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint_state(self) -> dict[str, Any]:

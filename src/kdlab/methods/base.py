@@ -15,17 +15,21 @@ it reads (``StageParams``, given as ``stages[i].params``) as a typed model, not 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import Tensor, nn
 
+from kdlab.config.load import explain
 from kdlab.config.schema import RunConfig, StageConfig
+from kdlab.core.errors import ConfigError
 from kdlab.data.batch import Batch
+from kdlab.models.hooks import FeatureTaps
 
 
 class NoParams(BaseModel):
@@ -72,6 +76,26 @@ class StepContext:
     weights: Mapping[str, float]
 
 
+class SharedForward:
+    """One step's student and teacher forwards, run once and read by every part of a composed method.
+
+    Each model's output is kept for the one input tensor it was run on (the batch's); every forward
+    hook registered on the model (every part's feature taps) fires in that one forward.
+    """
+
+    def __init__(self) -> None:
+        self._outputs: dict[str, tuple[Tensor, Tensor]] = {}
+
+    def run(self, role: str, model: Callable[[Tensor], Tensor], inputs: Tensor) -> Tensor:
+        """``model(inputs)``, or its output from earlier in the step for these very inputs."""
+        kept = self._outputs.get(role)
+        if kept is not None and kept[0] is inputs:
+            return kept[1]
+        output = model(inputs)
+        self._outputs[role] = (inputs, output)
+        return output
+
+
 def weighted_sum(losses: Mapping[str, Tensor], weights: Mapping[str, float]) -> Tensor:
     """``sum_k w_k * L_k``; a term with weight 0 adds nothing (its value may even be absent)."""
     total = sum(weights[name] * value for name, value in losses.items() if weights[name])
@@ -113,6 +137,10 @@ class Distiller(nn.Module):
     #: ``FeatureDistiller.run_models``), ``"members"`` (an ensemble's member logits, through
     #: ``EnsembleTeacherMixin.batch_teacher_members``), or ``"none"`` (it runs the teacher on other inputs).
     teacher_cache: ClassVar[Literal["none", "logits", "features", "members"]] = "none"
+    #: whether the method can be a part of a composed method: it runs the student and the teacher only
+    #: on the batch's inputs, through :meth:`student_forward` and :meth:`teacher_logits` (or
+    #: ``FeatureDistiller.run_models``), and plans no stages of its own
+    composable: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -124,12 +152,19 @@ class Distiller(nn.Module):
         student_norm: tuple[Sequence[float], Sequence[float]] | None = None,
         teacher_norm: tuple[Sequence[float], Sequence[float]] | None = None,
         weights: Mapping[str, float] | None = None,
+        owns_student: bool = True,
     ) -> None:
-        """``weights``: the configured weight of every term (default ``default_weights``)."""
+        """``weights``: the configured weight of every term (default ``default_weights``).
+        ``owns_student=False`` (a part of a composed method): the student is read, not registered as
+        a submodule; the composed method that owns it moves, trains and saves it."""
         super().__init__()
         if self.needs_teacher and teacher is None:
-            raise ValueError(f"method {type(self).__name__} needs a teacher: set the 'teacher' section")
-        self.student = student
+            raise ConfigError(f"method {type(self).__name__} needs a teacher: set the 'teacher' section")
+        if owns_student:
+            self.student = student
+        else:
+            self.__dict__["student"] = student
+        self._shared: SharedForward | None = None
         self.params = params
         self.context = context
         self.weights: Mapping[str, float] = MappingProxyType(dict(weights or self.default_weights))
@@ -173,7 +208,30 @@ class Distiller(nn.Module):
 
     @torch.no_grad()
     def teacher_logits(self, inputs: Tensor) -> Tensor:
+        """The teacher's logits (no grad) for student-normalized ``inputs``."""
+        if self._shared is not None:
+            return self._shared.run("teacher", lambda x: self.teacher(self.teacher_inputs(x)), inputs)
         return self.teacher(self.teacher_inputs(inputs))
+
+    def student_forward(self, inputs: Tensor) -> Tensor:
+        """The student's logits for ``inputs`` (within a composed step: one forward for every part)."""
+        if self._shared is not None:
+            return self._shared.run("student", self.student, inputs)
+        return self.student(inputs)
+
+    @contextlib.contextmanager
+    def sharing(self, shared: SharedForward) -> Iterator[None]:
+        """Within the block, :meth:`student_forward` and :meth:`teacher_logits` read ``shared``."""
+        self._shared = shared
+        try:
+            yield
+        finally:
+            self._shared = None
+
+    def teacher_feature_taps(self) -> tuple[FeatureTaps, list[torch.Size]] | None:
+        """The teacher taps (and their feature shapes) whose features a teacher cache must hold, or None
+        for a method that reads no teacher feature."""
+        return None
 
     def batch_teacher_logits(self, batch: Batch) -> Tensor:
         """The teacher's logits for ``batch``: from the teacher cache when the batch carries them."""
@@ -191,7 +249,7 @@ class Distiller(nn.Module):
 
     def first_step(self) -> StepContext:
         """The context of step 0 of a one-stage run with the configured weights."""
-        return StepContext(StageInfo(params=self.StageParams()), 0.0, 0, self.weights)
+        return StepContext(StageInfo(params=self.stage_params({}, "stages.0.params")), 0.0, 0, self.weights)
 
     def eval_reference(self) -> Callable[[Tensor], Tensor] | None:
         """Logits every evaluation compares models against (agreement, KL), or None for no comparison."""
@@ -216,6 +274,18 @@ class Distiller(nn.Module):
         """
         return {}
 
+    @classmethod
+    def student_module(cls, network: nn.Module, config: RunConfig, weights: Mapping[str, Tensor]
+                       ) -> nn.Module:
+        """The module that a checkpoint's student ``weights`` fit, built around a fresh ``network`` of
+        the student's architecture (a method that trains the student in another form wraps it here)."""
+        return network
+
+    @classmethod
+    def deploy_student(cls, student: nn.Module) -> nn.Module:
+        """The one plain network that ``student_module`` deploys as (eval, export)."""
+        return student
+
     def extra_parameter_count(self) -> int:
         """Trainable parameters the method adds beyond the student (connectors, embeddings)."""
         student = {id(p) for p in self.student.parameters()}
@@ -226,8 +296,15 @@ class Distiller(nn.Module):
         return cls.Params.model_validate(raw)
 
     @classmethod
-    def validate_stage_params(cls, raw: dict[str, Any]) -> BaseModel:
-        return cls.StageParams.model_validate(raw)
+    def term_defaults(cls, params: BaseModel) -> dict[str, float]:
+        """Every loss term of the method with its default weight (for most methods fixed; a composed
+        method's terms depend on its parts)."""
+        return dict(cls.default_weights)
 
-    def check_stage_params(self, params: BaseModel, key: str) -> None:
-        """Refuse, as a ``ConfigError`` naming ``key``, stage settings that do not fit these models."""
+    def stage_params(self, raw: dict[str, Any], key: str) -> BaseModel:
+        """A stage's ``params`` (config path ``key``) validated as the method's ``StageParams``; a
+        mistake, or settings that do not fit these models, is one ``ConfigError`` naming ``key``."""
+        try:
+            return self.StageParams.model_validate(raw)
+        except ValidationError as exc:
+            raise ConfigError(explain(exc, "config", self.StageParams, prefix=f"{key}.")) from None

@@ -26,13 +26,14 @@ Defaults: T = 4, ``kd`` 1, ``ce`` 0. ``perturb`` adds the diversifying perturbat
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
+from kdlab.config.schema import RunConfig
 from kdlab.data.batch import Batch
 from kdlab.ensemble import BatchEnsemble, ensemble_log_probs, merge_batchensemble
 from kdlab.methods.base import DistillContext, Distiller, DistillOutput, StepContext
@@ -82,6 +83,18 @@ class BatchEnsembleKD(EnsembleTeacherMixin, Distiller):
 
     def eval_models(self) -> dict[str, nn.Module]:
         return {"merged": self.merged()}
+
+    @classmethod
+    def student_module(cls, network: nn.Module, config: RunConfig, weights: Mapping[str, Tensor]
+                       ) -> nn.Module:
+        """The BatchEnsemble the student trains as (``last.pt``: its members' rank-one factors are in
+        ``weights``), or ``network`` itself for the merged network that ``best.pt`` holds."""
+        factors = [v for k, v in weights.items() if k.endswith(".r_offset")]
+        return BatchEnsemble(network, factors[0].shape[0]) if factors else network
+
+    @classmethod
+    def deploy_student(cls, student: nn.Module) -> nn.Module:
+        return merge_batchensemble(student) if isinstance(student, BatchEnsemble) else student
 
     def student_members(self, inputs: Tensor) -> Tensor:
         """(M, B, K) logits of the student's members in eval mode (the perturbation's probe)."""

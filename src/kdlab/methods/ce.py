@@ -23,8 +23,9 @@ class CrossEntropy(Distiller):
     default_weights = {"ce": 1.0}
     needs_teacher = False
     Params = CEParams
+    composable = True
 
     def distill(self, batch: Batch, step: StepContext) -> DistillOutput:
-        logits = self.student(batch.inputs)
+        logits = self.student_forward(batch.inputs)
         ce = F.cross_entropy(logits.float(), batch.targets, label_smoothing=self.params.label_smoothing)
         return DistillOutput({"ce": ce}, logits)

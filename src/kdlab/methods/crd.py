@@ -59,12 +59,12 @@ import math
 from typing import Literal
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from pydantic import ConfigDict, Field
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
+from kdlab.core.distributed import all_gather_cat, all_reduce_
 from kdlab.core.errors import ConfigError
 from kdlab.data.batch import Batch
 from kdlab.methods.base import DistillOutput, StepContext
@@ -106,19 +106,6 @@ def crd_infonce_loss(logits: Tensor, valid: Tensor | None = None) -> Tensor:
             negatives = logits[:, 1:].masked_fill(~valid, -math.inf)
             logits = torch.cat([logits[:, :1], negatives], dim=1)
         return F.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long, device=logits.device))
-
-
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
-
-def _all_gather(tensor: Tensor) -> Tensor:
-    """The concatenation of ``tensor`` over all processes, in rank order (itself without DDP)."""
-    if not _distributed():
-        return tensor
-    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, tensor.contiguous())
-    return torch.cat(parts)
 
 
 def _random_keys(rows: int, dim: int) -> Tensor:
@@ -163,11 +150,11 @@ class MemoryBank(nn.Module):
 
     @torch.no_grad()
     def update(self, student: Tensor, teacher: Tensor, index: Tensor, targets: Tensor) -> None:
-        index = _all_gather(index)
+        index = all_gather_cat(index)
         for keys, new in ((self.student_keys, student), (self.teacher_keys, teacher)):
-            mixed = keys[index] * self.momentum + _all_gather(new.float()) * (1 - self.momentum)
+            mixed = keys[index] * self.momentum + all_gather_cat(new.float()) * (1 - self.momentum)
             keys.index_copy_(0, index, F.normalize(mixed, dim=1))
-        self.labels.index_copy_(0, index, _all_gather(targets))
+        self.labels.index_copy_(0, index, all_gather_cat(targets))
 
 
 class MemoryQueue(nn.Module):
@@ -197,7 +184,7 @@ class MemoryQueue(nn.Module):
 
     @torch.no_grad()
     def update(self, student: Tensor, teacher: Tensor, index: Tensor, targets: Tensor) -> None:
-        entries = [_all_gather(t)[-self.size:] for t in (student.float(), teacher.float(), index, targets)]
+        entries = [all_gather_cat(t)[-self.size:] for t in (student.float(), teacher.float(), index, targets)]
         count = len(entries[2])
         slots = (self.pointer + torch.arange(count, device=self.pointer.device)) % self.size
         for buffer, values in zip((self.student_keys, self.teacher_keys, self.indices, self.labels), entries,
@@ -268,9 +255,7 @@ class ContrastiveRepresentationDistillation(FeatureDistiller):
                 mask = torch.cat([torch.ones_like(valid[:, :1]), valid], dim=1)
                 means = torch.stack([(logits.exp() * mask).sum() / mask.sum()
                                      for logits in (student_logits, teacher_logits)])
-                if _distributed():
-                    dist.all_reduce(means)
-                    means /= dist.get_world_size()
+                all_reduce_(means, "mean")
                 self.z.copy_(means * self.num_data)
             self._z_ready = True
         return self.z.log()

@@ -31,12 +31,8 @@ from torch import Tensor
 
 from kdlab.data.batch import Batch
 from kdlab.methods.base import Distiller, DistillOutput, StepContext
+from kdlab.methods.divergence import kl_divergence
 from kdlab.methods.registry import register_method
-
-
-def _kl(log_p: Tensor, log_q: Tensor) -> Tensor:
-    """``(1/B) * sum_i KL(p_i || q_i)`` from log-probabilities."""
-    return (log_p.exp() * (log_p - log_q)).sum(dim=1).mean()
 
 
 def _binary_log_probs(logits: Tensor, target_mask: Tensor) -> Tensor:
@@ -60,8 +56,8 @@ def dkd_parts(student_logits: Tensor, teacher_logits: Tensor, targets: Tensor,
     z_s = student_logits.float() / temperature
     z_t = teacher_logits.float() / temperature
     target_mask = F.one_hot(targets, z_s.shape[1]).bool()
-    tckd = _kl(_binary_log_probs(z_t, target_mask), _binary_log_probs(z_s, target_mask))
-    nckd = _kl(_non_target_log_probs(z_t, targets), _non_target_log_probs(z_s, targets))
+    tckd = kl_divergence(_binary_log_probs(z_t, target_mask), _binary_log_probs(z_s, target_mask), 1).mean()
+    nckd = kl_divergence(_non_target_log_probs(z_t, targets), _non_target_log_probs(z_s, targets), 1).mean()
     return tckd * temperature**2, nckd * temperature**2
 
 
@@ -95,11 +91,12 @@ class DecoupledKD(Distiller):
     default_weights = {"ce": 1.0, "dkd": 1.0}
     Params = DKDParams
     teacher_cache = "logits"
+    composable = True
 
     def distill(self, batch: Batch, step: StepContext) -> DistillOutput:
         p = self.params
         teacher_logits = self.batch_teacher_logits(batch)
-        logits = self.student(batch.inputs)
+        logits = self.student_forward(batch.inputs)
         dkd = dkd_loss(logits, teacher_logits, batch.targets, p.alpha, p.beta, p.temperature)
         return DistillOutput(
             {

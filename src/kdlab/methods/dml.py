@@ -30,10 +30,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
 from kdlab.core.errors import ConfigError
+from kdlab.core.registry import UnknownNameError
 from kdlab.data.batch import Batch
 from kdlab.methods.base import DistillContext, Distiller, DistillOutput, StepContext
+from kdlab.methods.divergence import kl_divergence
 from kdlab.methods.registry import register_method
 from kdlab.models import build_model
+from kdlab.models.errors import ModelError
 
 
 def mutual_losses(logits: Sequence[Tensor]) -> list[Tensor]:
@@ -44,7 +47,7 @@ def mutual_losses(logits: Sequence[Tensor]) -> list[Tensor]:
     targets = [lp.detach() for lp in log_probs]
     losses = []
     for k, log_q in enumerate(log_probs):
-        kls = [(lp.exp() * (lp - log_q)).sum(dim=1).mean() for j, lp in enumerate(targets) if j != k]
+        kls = [kl_divergence(lp, log_q, dim=1).mean() for j, lp in enumerate(targets) if j != k]
         losses.append(sum(kls) / len(kls))
     return losses
 
@@ -82,7 +85,7 @@ class DeepMutualLearning(Distiller):
             self.peers = nn.ModuleList(
                 build_model(name, context.num_classes, in_channels=context.input_shape[0]) for name in names
             )
-        except (KeyError, ValueError, TypeError) as exc:
+        except (UnknownNameError, ModelError) as exc:
             raise ConfigError(f"method.params.peer_models: {exc}") from None
 
     def distill(self, batch: Batch, step: StepContext) -> DistillOutput:

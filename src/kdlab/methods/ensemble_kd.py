@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from kdlab.data.batch import Batch
 from kdlab.ensemble import TeacherEnsemble, member_logits
 from kdlab.methods.base import DistillContext, Distiller, DistillOutput, StepContext
+from kdlab.methods.divergence import kl_divergence
 from kdlab.methods.diversify import InputPerturber, PerturbParams
 from kdlab.methods.registry import register_method
 
@@ -42,7 +43,7 @@ def ensemble_kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature
     """
     log_p_t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
     log_p_s = F.log_softmax(student_logits.float() / temperature, dim=-1)
-    kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=-1).mean()
+    kl = kl_divergence(log_p_t, log_p_s).mean()
     return kl * temperature**2
 
 

@@ -16,9 +16,10 @@ from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
 from kdlab.core.errors import ConfigError
+from kdlab.core.registry import UnknownNameError
 from kdlab.data.batch import Batch
 from kdlab.methods.base import DistillContext, Distiller
-from kdlab.models import FeatureTaps, StagePreset, TapPoint, stage_preset
+from kdlab.models import FeatureTaps, ModelError, StagePreset, TapPoint, probe_forward, stage_preset
 
 
 class FeatureParams(BaseModel):
@@ -38,13 +39,9 @@ class FeatureForward:
 
 
 def _probe_shapes(model: nn.Module, taps: FeatureTaps, input_shape: Sequence[int]) -> list[torch.Size]:
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        model(torch.zeros(2, *input_shape))
+    probe_forward(model, input_shape)
     shapes = [f.shape[1:] for f in taps.features]
     taps.clear()
-    model.train(was_training)
     return shapes
 
 
@@ -53,20 +50,31 @@ class FeatureDistiller(Distiller):
 
     Params = FeatureParams
     teacher_cache = "features"
+    composable = True
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None, params: FeatureParams,
                  context: DistillContext, **norms: object) -> None:
         super().__init__(student, teacher, params, context, **norms)
         student_points = self._tap_points(student, context.student_name, params.student_layers, "student")
         teacher_points = self._tap_points(teacher, context.teacher_name, params.teacher_layers, "teacher")
-        self.student_taps = FeatureTaps(student, student_points)
-        self.teacher_taps = FeatureTaps(teacher, teacher_points)
+        self.student_taps = self._taps(student, student_points, "student")
+        self.teacher_taps = self._taps(teacher, teacher_points, "teacher")
         self.student_shapes = _probe_shapes(student, self.student_taps, context.input_shape)
         self.teacher_shapes = _probe_shapes(teacher, self.teacher_taps, context.input_shape)
+
+    def teacher_feature_taps(self) -> tuple[FeatureTaps, list[torch.Size]]:
+        return self.teacher_taps, self.teacher_shapes
 
     def default_taps(self, preset: StagePreset, role: str) -> list[TapPoint]:
         """The tap points used when the config names no layers (default: the stage ends)."""
         return list(preset.stage_taps())
+
+    @staticmethod
+    def _taps(model: nn.Module, points: list[TapPoint], role: str) -> FeatureTaps:
+        try:
+            return FeatureTaps(model, points)
+        except ModelError as exc:
+            raise ConfigError(f"method.params.{role}_layers: {exc}") from None
 
     def _tap_points(self, model: nn.Module, name: str, explicit: list[str] | None,
                     role: str) -> list[TapPoint]:
@@ -74,18 +82,18 @@ class FeatureDistiller(Distiller):
         if explicit:
             try:
                 return [TapPoint.parse(spec) for spec in explicit]
-            except ValueError as exc:
+            except ModelError as exc:
                 raise ConfigError(f"{key}: {exc}") from None
         try:
             preset = stage_preset(name, model)
-        except (KeyError, ValueError) as exc:
+        except (UnknownNameError, ModelError) as exc:
             raise ConfigError(f"{key}: {role} {name!r} has no stage preset ({exc}); "
                               "name its layers by module path") from None
         return self.default_taps(preset, role)
 
     def run_student(self, inputs: Tensor) -> Tensor:
         """The student's logits alone, for stages that use no teacher term (its taps are discarded)."""
-        logits = self.student(inputs)
+        logits = self.student_forward(inputs)
         self.student_taps.clear()
         return logits
 
@@ -99,10 +107,9 @@ class FeatureDistiller(Distiller):
             teacher_logits = batch.teacher["logits"]
             teacher_features = [batch.teacher[f"feature{i}"] for i in range(len(self.teacher_taps.taps))]
         else:
-            with torch.no_grad():
-                teacher_logits = self.teacher(self.teacher_inputs(batch.inputs))
+            teacher_logits = self.teacher_logits(batch.inputs)
             teacher_features = self.teacher_taps.features
-        student_logits = self.student(batch.inputs)
+        student_logits = self.student_forward(batch.inputs)
         student_features = self.student_taps.features
         self.teacher_taps.clear()
         self.student_taps.clear()

@@ -47,17 +47,20 @@ import math
 from typing import Literal
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
+from kdlab.core.distributed import all_gather_cat, all_reduce_
 from kdlab.core.errors import ConfigError
+from kdlab.core.registry import UnknownNameError
 from kdlab.data.batch import Batch
 from kdlab.methods.base import DistillContext, Distiller, DistillOutput, StepContext
+from kdlab.methods.divergence import kl_divergence
 from kdlab.methods.registry import register_method
-from kdlab.models import FeatureTaps, TapPoint, stage_preset
+from kdlab.models import FeatureTaps, TapPoint, probe_forward, stage_preset
+from kdlab.models.errors import ModelError
 
 Orientation = Literal["kd_over_cls", "cls_over_kd"]
 
@@ -92,16 +95,12 @@ def per_sample_kd(student_logits: Tensor, teacher_logits: Tensor, temperature: f
     """``T^2 * KL(softmax(z_t/T) || softmax(z_s/T))`` per sample, in float32."""
     log_p_s = F.log_softmax(student_logits.float() / temperature, dim=1)
     log_p_t = F.log_softmax(teacher_logits.float() / temperature, dim=1)
-    return (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=1) * temperature**2
+    return kl_divergence(log_p_t, log_p_s, dim=1) * temperature**2
 
 
 def pskd_alpha(progress: float, epochs: int, alpha_max: float) -> float:
     """PS-KD's ``alpha_T * (e + 1) / E`` at 0-based epoch ``e = floor(progress)``, at most alpha_T."""
     return alpha_max * min((math.floor(progress) + 1) / epochs, 1.0)
-
-
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized()
 
 
 class WeightStats:
@@ -134,9 +133,8 @@ class WeightStats:
         if self.sums is None:
             return {}
         sums, peak = self.sums, self.peak
-        if _distributed():
-            dist.all_reduce(sums)
-            dist.all_reduce(peak, op=dist.ReduceOp.MAX)
+        all_reduce_(sums)
+        all_reduce_(peak, "max")
         self.sums = self.peak = None
         weight, count, clipped, mass = sums
         ranked = mass.argsort(descending=True)
@@ -181,30 +179,26 @@ class _IPWBase(Distiller):
         else:
             try:
                 tap = stage_preset(context.student_name, student).embedding
-            except (KeyError, ValueError) as exc:
+            except (UnknownNameError, ModelError) as exc:
                 raise ConfigError(f"method.params.embedding_layer: student {context.student_name!r} has "
                                   f"no stage preset ({exc}); name its classifier by module path") from None
         try:
             self.embedding_taps = FeatureTaps(student, [tap])
-        except ValueError as exc:
+        except ModelError as exc:
             raise ConfigError(f"method.params.embedding_layer: {exc}") from None
         dim = self._embedding_dim(context)
         self.cls_head = nn.Linear(dim, context.num_classes)
         self.stats = WeightStats(context.num_classes, params.group_fraction, params.w_max)
 
     def _embedding_dim(self, context: DistillContext) -> int:
-        was_training = self.student.training
-        self.student.eval()
-        with torch.no_grad():
-            self.student(torch.zeros(2, *context.input_shape))
+        probe_forward(self.student, context.input_shape)
         dim = self.embedding_taps.features[0][0].numel()
         self.embedding_taps.clear()
-        self.student.train(was_training)
         return dim
 
     def run_student(self, inputs: Tensor) -> tuple[Tensor, Tensor]:
         """The student's logits and its penultimate feature (flattened)."""
-        logits = self.student(inputs)
+        logits = self.student_forward(inputs)
         features = self.embedding_taps.features[0].flatten(1)
         self.embedding_taps.clear()
         return logits, features
@@ -245,6 +239,7 @@ class IPWD(_IPWBase):
     default_weights = {"ce": 0.1, "kd": 0.9, "aux": 1.0, "aux_kd": 1.0}
     Params = IPWDParams
     teacher_cache = "logits"
+    composable = True
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None, params: IPWDParams,
                  context: DistillContext, **norms: object) -> None:
@@ -303,12 +298,7 @@ class IPWDSelf(_IPWBase):
 
     @torch.no_grad()
     def remember(self, indices: Tensor, probs: Tensor) -> None:
-        if _distributed():
-            gathered_indices = [torch.empty_like(indices) for _ in range(dist.get_world_size())]
-            gathered_probs = [torch.empty_like(probs) for _ in range(dist.get_world_size())]
-            dist.all_gather(gathered_indices, indices.contiguous())
-            dist.all_gather(gathered_probs, probs.contiguous())
-            indices, probs = torch.cat(gathered_indices), torch.cat(gathered_probs)
+        indices, probs = all_gather_cat(indices), all_gather_cat(probs)
         self.predictions.index_copy_(0, indices, probs)
         self.seen[indices] = True
 

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from kdlab.data.batch import Batch
 from kdlab.methods.base import Distiller, DistillOutput, StepContext
+from kdlab.methods.divergence import kl_divergence
 from kdlab.methods.registry import register_method
 
 
@@ -26,7 +27,7 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float =
     """``T^2 * mean_i KL(softmax(z_t/T) || softmax(z_s/T))``, computed in float32."""
     log_p_s = F.log_softmax(student_logits.float() / temperature, dim=1)
     log_p_t = F.log_softmax(teacher_logits.float() / temperature, dim=1)
-    kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=1).mean()
+    kl = kl_divergence(log_p_t, log_p_s, dim=1).mean()
     return kl * temperature**2
 
 
@@ -43,10 +44,11 @@ class HintonKD(Distiller):
     default_weights = {"ce": 0.1, "kd": 0.9}
     Params = KDParams
     teacher_cache = "logits"
+    composable = True
 
     def distill(self, batch: Batch, step: StepContext) -> DistillOutput:
         teacher_logits = self.batch_teacher_logits(batch)
-        logits = self.student(batch.inputs)
+        logits = self.student_forward(batch.inputs)
         return DistillOutput(
             {
                 "ce": F.cross_entropy(logits.float(), batch.targets),

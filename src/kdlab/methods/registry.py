@@ -11,7 +11,7 @@ from torch import nn
 
 from kdlab.config.load import ConfigError, explain
 from kdlab.config.schema import MethodConfig
-from kdlab.core.registry import Registry, closest
+from kdlab.core.registry import Registry, UnknownNameError, closest
 from kdlab.methods.base import DistillContext, Distiller
 
 METHODS: Registry[type[Distiller]] = Registry("method")
@@ -21,17 +21,16 @@ def register_method(name: str) -> Callable[[type[Distiller]], type[Distiller]]:
     return METHODS.register(name)
 
 
-def resolve_weights(method: type[Distiller], name: str, weights: Mapping[str, float]) -> dict[str, float]:
-    """The method's default term weights updated by the config; unknown terms are an error."""
-    unknown = [key for key in weights if key not in method.terms]
+def resolve_weights(defaults: Mapping[str, float], name: str, weights: Mapping[str, float],
+                    key: str = "method") -> dict[str, float]:
+    """A method's default term weights (``defaults``) updated by the config; unknown terms are an error."""
+    unknown = [term for term in weights if term not in defaults]
     if unknown:
-        terms = ", ".join(method.terms)
-        hint = closest(unknown[0], list(method.terms))
         raise ConfigError(
-            f"method.weights.{unknown[0]}: method {name!r} has no loss term of that name{hint}; "
-            f"its terms are: {terms}"
+            f"{key}.weights.{unknown[0]}: method {name!r} has no loss term of that name"
+            f"{closest(unknown[0], list(defaults))}; its terms are: {', '.join(defaults)}"
         )
-    return {**method.default_weights, **weights}
+    return {**defaults, **weights}
 
 
 def non_finite_key(value: Any, path: str) -> str | None:
@@ -46,19 +45,23 @@ def non_finite_key(value: Any, path: str) -> str | None:
     return None
 
 
-def resolve_method(config: MethodConfig, source: str = "config"
+def resolve_method(config: MethodConfig, source: str = "config", key: str = "method"
                    ) -> tuple[type[Distiller], BaseModel, dict[str, float]]:
     """The method ``config`` names, its parameters validated against the method's own schema (finite
-    numbers only) and its loss-term weights; any mistake is one ``ConfigError`` (``source`` says where)."""
-    method = METHODS.get(config.name)
+    numbers only) and its loss-term weights; any mistake is one ``ConfigError`` (``source`` says where,
+    ``key`` is the config path of the method section)."""
+    try:
+        method = METHODS.get(config.name)
+    except UnknownNameError as exc:
+        raise ConfigError(f"{key}.name: {exc}") from None
     try:
         params = method.validate_params(config.params)
     except ValidationError as exc:
-        raise ConfigError(explain(exc, source, method.Params, prefix="method.params.")) from None
-    bad = non_finite_key(params.model_dump(), "method.params")
+        raise ConfigError(explain(exc, source, method.Params, prefix=f"{key}.params.")) from None
+    bad = non_finite_key(params.model_dump(), f"{key}.params")
     if bad is not None:
         raise ConfigError(f"{bad}: must be a finite number")
-    return method, params, resolve_weights(method, config.name, config.weights)
+    return method, params, resolve_weights(method.term_defaults(params), config.name, config.weights, key)
 
 
 def build_distiller(

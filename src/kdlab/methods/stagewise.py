@@ -54,6 +54,7 @@ from kdlab.methods.connectors import ConvRegressor, align_spatial, check_pairs
 from kdlab.methods.features import FeatureDistiller, FeatureParams
 from kdlab.methods.registry import register_method
 from kdlab.models import StagePreset, TapPoint
+from kdlab.models.errors import ModelError
 from kdlab.models.hooks import find_module
 from kdlab.models.partition import segment_paths
 
@@ -137,6 +138,7 @@ class Stagewise(FeatureDistiller):
     Params = StagewiseParams
     StageParams = StagewiseStageParams
     teacher_cache = "none"
+    composable = False
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None, params: StagewiseParams,
                  context: DistillContext, **norms: object) -> None:
@@ -158,7 +160,7 @@ class Stagewise(FeatureDistiller):
         self.adapters = nn.ModuleList(adapters)
         try:
             self.segments = segment_paths(student, self.student_taps.taps, context.input_shape)
-        except ValueError as exc:
+        except ModelError as exc:
             raise ConfigError(f"method.params.student_layers: {exc}") from None
 
     def default_taps(self, preset: StagePreset, role: str) -> list[TapPoint]:
@@ -192,12 +194,14 @@ class Stagewise(FeatureDistiller):
                                   weights={"mimic": 0.0, "ce": 1.0}, **{unit: head}))
         return stages
 
-    def check_stage_params(self, params: StagewiseStageParams, key: str) -> None:
-        """A ``mimic_stage`` beyond the student's backbone stages is refused before training."""
+    def stage_params(self, raw: dict[str, object], key: str) -> StagewiseStageParams:
+        """As the base class; a ``mimic_stage`` beyond the student's backbone stages is refused."""
+        params = super().stage_params(raw, key)
         k = params.mimic_stage
         if k is not None and k > len(self.adapters):
             raise ConfigError(f"{key}.mimic_stage: {k} names no backbone stage of the student "
                               f"(it has {len(self.adapters)})")
+        return params
 
     def _mimic(self, k: int, student: Tensor, teacher: Tensor) -> Tensor:
         regressed, target = align_spatial(self.adapters[k](student), teacher)

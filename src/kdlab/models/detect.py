@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from kdlab.models.errors import ModelError
 from kdlab.models.hooks import TapPoint
 from kdlab.models.presets import StagePreset
 
@@ -39,7 +40,7 @@ def last_linear(model: nn.Module) -> str:
     """Path of the last ``nn.Linear`` registered in ``model``: the classifier of a standard CNN."""
     paths = [path for path, m in model.named_modules() if isinstance(m, nn.Linear)]
     if not paths:
-        raise ValueError(f"{type(model).__name__} has no nn.Linear classifier")
+        raise ModelError(f"{type(model).__name__} has no nn.Linear classifier")
     return paths[-1]
 
 
@@ -125,7 +126,7 @@ def detect_stage_preset(model: nn.Module, input_size: int = 224) -> StagePreset:
             groups.append([call])
     groups = [g for g in groups if any(_has_parameters(call.module) for call in g)]
     if len(groups) < 2:
-        raise ValueError(
+        raise ModelError(
             f"could not find the stages of {type(model).__name__}: fewer than two spatial resolutions "
             "before the global pooling; pass explicit tap points instead"
         )

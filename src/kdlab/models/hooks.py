@@ -15,6 +15,7 @@ from typing import Literal
 from torch import Tensor, nn
 
 from kdlab.core.registry import closest
+from kdlab.models.errors import ModelError
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,7 @@ class TapPoint:
             return spec
         path, _, kind = spec.partition(":")
         if kind not in ("", "output", "input"):
-            raise ValueError(f"tap {spec!r}: the suffix after ':' must be 'input' or 'output'")
+            raise ModelError(f"tap {spec!r}: the suffix after ':' must be 'input' or 'output'")
         return cls(path, "input" if kind == "input" else "output")
 
 
@@ -39,7 +40,7 @@ def find_module(model: nn.Module, path: str) -> nn.Module:
     """The submodule at a dotted path, or a ValueError naming the closest existing path."""
     modules = dict(model.named_modules())
     if path not in modules:
-        raise ValueError(
+        raise ModelError(
             f"{type(model).__name__} has no module {path!r}{closest(path, list(modules))}"
         )
     return modules[path]

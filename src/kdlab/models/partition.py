@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from kdlab.models.errors import ModelError
 from kdlab.models.hooks import TapPoint, find_module
 
 
@@ -63,7 +64,7 @@ def execution_order(model: nn.Module, taps: Sequence[TapPoint],
             if index not in reached:
                 if index != len(reached):
                     order = ", ".join(taps[i].path for i in (*reached, index))
-                    raise ValueError(f"tap points are reached out of order ({order}); list them in the "
+                    raise ModelError(f"tap points are reached out of order ({order}); list them in the "
                                      "order the forward runs them")
                 reached.append(index)
         elif value not in seen:
@@ -71,7 +72,7 @@ def execution_order(model: nn.Module, taps: Sequence[TapPoint],
             segments[len(reached)].append(value)
     if len(reached) != len(taps):
         missing = ", ".join(taps[i].path for i in range(len(taps)) if i not in reached)
-        raise ValueError(f"tap points not reached by a forward: {missing}")
+        raise ModelError(f"tap points not reached by a forward: {missing}")
     return segments
 
 

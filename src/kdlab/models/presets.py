@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from kdlab.models.errors import ModelError
 from kdlab.models.hooks import TapPoint
 
 
@@ -29,6 +30,6 @@ class StagePreset:
     def stage_taps(self, preact: bool = False) -> tuple[TapPoint, ...]:
         if preact:
             if self.preact_stages is None:
-                raise ValueError("this model family has no pre-activation stage preset")
+                raise ModelError("this model family has no pre-activation stage preset")
             return self.preact_stages
         return self.stages

@@ -18,6 +18,7 @@ from torch import nn
 
 from kdlab.core.registry import Registry
 from kdlab.models import timm_zoo, torchvision_zoo
+from kdlab.models.errors import ModelError
 from kdlab.models.presets import StagePreset
 from kdlab.models.surgery import load_weights
 
@@ -56,7 +57,7 @@ def _check_kwargs(name: str, factory: Callable[..., nn.Module], kwargs: dict[str
     bad = sorted(set(kwargs) - set(params))
     if bad:
         accepted = ", ".join(p for p in params if p != "num_classes")
-        raise ValueError(
+        raise ModelError(
             f"model {name!r} got unexpected keyword argument(s) {', '.join(bad)}; it accepts: {accepted}"
         )
 
@@ -90,7 +91,7 @@ def build_model(
         kwargs = {**kwargs, "in_channels": in_channels}
     _check_kwargs(name, spec.factory, kwargs)
     if pretrained is True:
-        raise ValueError(
+        raise ModelError(
             f"zoo model {name!r} has no downloadable weights; pass the path of a saved state dict instead"
         )
     model = spec.factory(num_classes=num_classes, **kwargs)

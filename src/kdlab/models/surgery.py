@@ -8,11 +8,11 @@ import torch
 from torch import nn
 
 from kdlab.core.checkpoint import mismatch_reason
-from kdlab.core.errors import UserError
+from kdlab.models.errors import ModelError
 from kdlab.models.hooks import find_module
 
 
-class WeightFileError(UserError, ValueError):
+class WeightFileError(ModelError):
     """A ``pretrained`` weight file that is missing, unreadable or made for another model."""
 
 
@@ -30,7 +30,7 @@ def resize_head(model: nn.Module, path: str, num_classes: int) -> None:
     """
     head = find_module(model, path)
     if not isinstance(head, nn.Linear):
-        raise ValueError(f"the classifier {path!r} is a {type(head).__name__}, not an nn.Linear")
+        raise ModelError(f"the classifier {path!r} is a {type(head).__name__}, not an nn.Linear")
     if head.out_features == num_classes:
         return
     new = nn.Linear(head.in_features, num_classes, bias=head.bias is not None)
@@ -47,11 +47,11 @@ def adapt_input_conv(model: nn.Module, in_channels: int, *, keep_weights: bool) 
     """
     path, conv = next(((p, m) for p, m in model.named_modules() if isinstance(m, nn.Conv2d)), (None, None))
     if conv is None:
-        raise ValueError(f"{type(model).__name__} has no nn.Conv2d whose input channels could be changed")
+        raise ModelError(f"{type(model).__name__} has no nn.Conv2d whose input channels could be changed")
     if conv.in_channels == in_channels:
         return
     if conv.groups != 1:
-        raise ValueError(f"the first conv {path!r} of {type(model).__name__} is grouped; cannot adapt it")
+        raise ModelError(f"the first conv {path!r} of {type(model).__name__} is grouped; cannot adapt it")
     new = nn.Conv2d(
         in_channels,
         conv.out_channels,

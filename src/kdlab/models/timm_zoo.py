@@ -11,6 +11,7 @@ from torch import nn
 
 from kdlab.core.registry import UnknownNameError, closest
 from kdlab.models.detect import detect_stage_preset, last_linear
+from kdlab.models.errors import ModelError
 from kdlab.models.hooks import TapPoint
 from kdlab.models.presets import StagePreset
 from kdlab.models.surgery import load_weights
@@ -22,7 +23,7 @@ def _timm() -> ModuleType:
     try:
         return importlib.import_module("timm")
     except ImportError as err:
-        raise ValueError("timm models need timm: pip install kdlab[timm]") from err
+        raise ModelError("timm models need timm: pip install kdlab[timm]") from err
 
 
 def classifier_path(model: nn.Module) -> str:
@@ -50,7 +51,7 @@ def build_timm(
     try:
         model = timm.create_model(name, pretrained=pretrained is True, num_classes=num_classes, **kwargs)
     except TypeError as err:
-        raise ValueError(f"timm model {name!r}: {err}") from err
+        raise ModelError(f"timm model {name!r}: {err}") from err
     if pretrained and pretrained is not True:
         load_weights(model, pretrained, classifier_path(model), num_classes)
     return model

@@ -18,6 +18,7 @@ from torchvision import models as tv_models
 
 from kdlab.core.registry import UnknownNameError, closest
 from kdlab.models.detect import detect_stage_preset, last_linear
+from kdlab.models.errors import ModelError
 from kdlab.models.hooks import TapPoint
 from kdlab.models.presets import StagePreset
 from kdlab.models.surgery import adapt_input_conv, load_weights, resize_head
@@ -53,7 +54,7 @@ def default_weights(name: str) -> tv_models.WeightsEnum:
     except (OSError, RuntimeError) as exc:
         cached = Path(torch.hub.get_dir()) / "checkpoints" / weights.url.rsplit("/", 1)[-1]
         reason = (str(exc).splitlines() or [""])[0][:200]
-        raise ValueError(
+        raise ModelError(
             f"pretrained weights of torchvision model {name!r} could not be fetched ({type(exc).__name__}: "
             f"{reason}); without internet, copy the file {weights.url} to {cached}, "
             "or set pretrained to the path of a saved state_dict") from None
@@ -75,7 +76,7 @@ def build_torchvision(
         else:
             model = tv_models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
     except TypeError as err:
-        raise ValueError(f"torchvision model {name!r}: {err}") from err
+        raise ModelError(f"torchvision model {name!r}: {err}") from err
     if in_channels is not None:
         adapt_input_conv(model, in_channels, keep_weights=pretrained is True)
     head = classifier_path(name, model)

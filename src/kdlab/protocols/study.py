@@ -30,12 +30,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-import torch
 import yaml
 
 from kdlab.config.load import ConfigError, validate
 from kdlab.core import checkpoint
 from kdlab.core.registry import UnknownNameError
+from kdlab.core.runtime import Runtime
+from kdlab.data import build_data
 from kdlab.methods.registry import resolve_method
 from kdlab.models.registry import MODELS
 from kdlab.protocols.grid import Job, expand
@@ -168,14 +169,13 @@ class Study:
 
     def _make_labels(self, job: Job) -> None:
         """Draw the condition's noisy labels once (from this job's data settings) into ``labels/``."""
-        from kdlab.run import build_data_for
-
         path = Path(job.tree["data"]["noise"]["labels"])
         if path.is_file():
             return
         data_tree = job.tree["data"]
         tree = {**job.tree, "data": {**data_tree, "noise": {**data_tree["noise"], "labels": None}}}
-        data = build_data_for(validate(tree, source=f"study job {job.id}"), torch.device("cpu"))
+        config = validate(tree, source=f"study job {job.id}")
+        data = build_data(config.data, Runtime(seed=config.train.seed))
         checkpoint.save_atomic(data.corruption.record, path)
         self.echo(f"labels {job.labels_key}: realized train noise "
                   f"{data.corruption.report['noise']['realized_rate_train']:.4f}")

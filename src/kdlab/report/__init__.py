@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from kdlab.core.errors import ConfigError
 from kdlab.protocols.grid import pair_slug, slug
 from kdlab.report import plots
 from kdlab.report.results import load_results, ordered, results_path, select
@@ -47,7 +48,7 @@ def write_report(location: str | Path, out: str | Path | None = None, split: str
     root = source.parent
     records = load_results(source)
     if not any(r.get("role") == "student" for r in records):
-        raise ValueError(f"{source}: no finished student runs to report")
+        raise ConfigError(f"{source}: no finished student runs to report")
     settings = _study_settings(root)
     order = {m.get("label") or m["name"]: i for i, m in enumerate(settings.get("methods", []))}
     records.sort(key=lambda r: order.get(r.get("method"), len(order)))  # the study file's method order
@@ -55,7 +56,7 @@ def write_report(location: str | Path, out: str | Path | None = None, split: str
     split = split or settings.get("report", {}).get("split", "test_last")
     out = Path(out) if out is not None else root / "report"
     if out.exists() and not out.is_dir():
-        raise ValueError(f"--out: {out} is a file, not a folder for the report")
+        raise ConfigError(f"--out: {out} is a file, not a folder for the report")
     out.mkdir(parents=True, exist_ok=True)
     students = [r for r in records if r["role"] == "student"]
     seeds = ordered(r["seed"] for r in students)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kdlab.core.errors import ConfigError
 from kdlab.protocols.records import RESULTS, read_results
 
 
@@ -33,7 +34,7 @@ def results_path(location: str | Path) -> Path:
     path = Path(location)
     path = path if path.is_file() else path / RESULTS
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no results file (run kdlab study first, or pass a results.jsonl)")
+        raise ConfigError(f"{path}: no results file (run kdlab study first, or pass a results.jsonl)")
     return path
 
 

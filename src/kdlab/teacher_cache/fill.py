@@ -19,8 +19,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from kdlab.assembly import build_run_data, build_run_distiller, process_runtime, resolve_device
 from kdlab.config.schema import RunConfig
 from kdlab.core.errors import ConfigError
+from kdlab.data.batch import ReplayableSource
 from kdlab.data.order import epoch_generator
 from kdlab.engine.precision import resolve_precision
 from kdlab.ensemble import member_logits
@@ -72,13 +74,13 @@ def _write_outputs(arrays: dict[str, np.memmap], epoch: int, rows: slice, logits
 
 
 @torch.no_grad()
-def _fill_unit(distiller: Distiller, source: Any, arrays: dict[str, np.memmap], meta: dict[str, Any],
-               epoch: int, chunk: int, draws: Tensor, autocast: Any) -> None:
+def _fill_unit(distiller: Distiller, source: ReplayableSource, arrays: dict[str, np.memmap],
+               meta: dict[str, Any], epoch: int, chunk: int, draws: Tensor, autocast: Any) -> None:
     start = chunk * meta["chunk_size"]
     stop = min(start + meta["chunk_size"], meta["num_samples"])
     ids = torch.arange(start, stop)
     arrays["augment"][epoch, start:stop] = draws[start:stop].numpy()
-    taps = getattr(distiller, "teacher_taps", None) if meta["features"] else None
+    taps = distiller.teacher_feature_taps()[0] if meta["features"] else None
     row = start
     for inputs in source.views(ids, draws[start:stop], meta["chunk_size"] // CHUNK_BATCHES):
         inputs = distiller.teacher_inputs(inputs).contiguous(memory_format=MEMORY_FORMAT)
@@ -96,15 +98,13 @@ def _fill_unit(distiller: Distiller, source: Any, arrays: dict[str, np.memmap], 
 
 def fill_teacher_cache(config: RunConfig, *, shard: int = 0, num_shards: int = 1) -> Path:
     """Fill (or finish) the cache of ``config.teacher_cache``; returns its directory."""
-    from kdlab.run import build_data_for, build_distiller_for, resolve_device
-
     if config.teacher_cache is None:
         raise ConfigError("teacher_cache: the config has no teacher_cache section (path, epochs, ...)")
     if not 0 <= shard < num_shards:
         raise ConfigError(f"--shard: {shard} is outside 0..{num_shards - 1}")
     device = resolve_device(config.train.device)
-    data = build_data_for(config, device)
-    distiller = build_distiller_for(config, data).to(device)
+    data = build_run_data(config, process_runtime(device, config.train.seed))
+    distiller = build_run_distiller(config, data).to(device)
     distiller.teacher.to(memory_format=MEMORY_FORMAT)
     try:
         meta = cache_meta(config, run_signature(config, data, distiller))

@@ -32,13 +32,13 @@ from typing import Any
 
 import numpy as np
 
-from kdlab.core.errors import UserError
+from kdlab.core.errors import ConfigError
 
 FORMAT_VERSION = 1
 META = "meta.json"
 
 
-class CacheError(UserError, ValueError):
+class CacheError(ConfigError):
     """A cache that cannot be used as asked: missing, incomplete, or made by something else."""
 
 

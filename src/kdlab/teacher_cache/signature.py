@@ -6,21 +6,17 @@ from typing import Any
 
 from kdlab.config.schema import RunConfig
 from kdlab.data import DataBundle
+from kdlab.data.batch import ReplayableSource
 from kdlab.methods import Distiller
 from kdlab.methods.ensemble_kd import teacher_count
 from kdlab.teacher_cache.fingerprint import files_sha256, module_sha256, tensor_sha256
 from kdlab.teacher_cache.layout import CacheError
 
 
-def data_sha256(source: Any) -> str:
+def data_sha256(source: ReplayableSource) -> str:
     """Fingerprint of a training source's samples (decoded images, or the file list of a lazy split)."""
-    images = getattr(source, "images", None)
-    if images is None:
-        split = source.loader.dataset.split
-        images = split.images
-        if images is None:
-            return files_sha256(str(f) for f in split.files)
-    return tensor_sha256(images)
+    samples = source.samples()
+    return files_sha256(samples) if isinstance(samples, list) else tensor_sha256(samples)
 
 
 def run_signature(config: RunConfig, data: DataBundle, distiller: Distiller) -> dict[str, Any]:
@@ -40,7 +36,7 @@ def run_signature(config: RunConfig, data: DataBundle, distiller: Distiller) -> 
     if distiller.teacher_cache != "features" and cache.features:
         raise CacheError(f"teacher_cache.features: method {method!r} taps no teacher features; "
                          "set it to false")
-    if not hasattr(data.train, "set_replay"):
+    if not isinstance(data.train, ReplayableSource):
         raise CacheError(f"teacher_cache: the training data of {config.data.name!r} "
                          f"({type(data.train).__name__}) cannot replay cached augmentations")
     members = teacher_count(distiller.teacher) if distiller.teacher_cache == "members" else 0
@@ -65,6 +61,7 @@ def run_signature(config: RunConfig, data: DataBundle, distiller: Distiller) -> 
     if members:
         signature["members"] = members
     if cache.features:
+        taps, shapes = distiller.teacher_feature_taps()
         signature["features"] = [{"tap": f"{tap.path}:{tap.kind}", "shape": list(shape)} for tap, shape
-                                 in zip(distiller.teacher_taps.taps, distiller.teacher_shapes, strict=True)]
+                                 in zip(taps.taps, shapes, strict=True)]
     return signature

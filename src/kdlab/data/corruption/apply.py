@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from kdlab.core.errors import UserError
+from kdlab.data.corruption.errors import CorruptionError
 from kdlab.data.corruption.imbalance import GROUP_NAMES, class_groups, class_sizes, keep_per_class
 from kdlab.data.corruption.labels import load_record, make_record
 from kdlab.data.corruption.noise import make_noisy, resolve_flip_map, transition_counts
@@ -23,10 +23,6 @@ from kdlab.data.order import derive_seed
 
 NOISE_STREAM = 101
 IMBALANCE_STREAM = 201
-
-
-class CorruptionError(UserError, ValueError):
-    """Bad noise or imbalance settings; the message starts with the config key (``data.noise.rate``)."""
 
 
 @dataclass(frozen=True)
@@ -102,14 +98,8 @@ def corrupt_splits(clean: Tensor, train_positions: Tensor, val_positions: Tensor
 
     Raises :class:`CorruptionError` naming the config key for bad settings or an unfit labels file.
     """
-    try:
-        imbalanced = _apply_imbalance(clean, train_positions, val_positions, len(classes), imbalance)
-    except ValueError as exc:
-        raise CorruptionError(f"data.imbalance: {exc}") from None
-    try:
-        return _apply_noise(clean, *imbalanced, classes, noise)
-    except ValueError as exc:
-        raise CorruptionError(f"data.noise.{exc}") from None
+    imbalanced = _apply_imbalance(clean, train_positions, val_positions, len(classes), imbalance)
+    return _apply_noise(clean, *imbalanced, classes, noise)
 
 
 def _apply_imbalance(clean: Tensor, train_positions: Tensor, val_positions: Tensor | None, num_classes: int,
@@ -165,8 +155,8 @@ def _labels_from_file(path: str, clean: Tensor, settings: dict[str, Any], train_
     record = load_record(path, clean, settings)
     needed = train_positions if val_positions is None else torch.cat([train_positions, val_positions])
     if not bool(record["covered"][needed].all()):
-        raise ValueError(f"labels: {path} does not cover this run's training samples "
-                         "(made with another val_fraction, split_seed, subset, imbalance or noise.val)")
+        raise CorruptionError(f"data.noise.labels: {path} does not cover this run's training samples "
+                              "(made with another val_fraction, split_seed, subset, imbalance or noise.val)")
     return record
 
 

@@ -27,6 +27,8 @@ import math
 import torch
 from torch import Tensor
 
+from kdlab.data.corruption.errors import CorruptionError
+
 IMBALANCE_PROFILES = ("exponential", "step")
 GROUP_RULES = ("thirds", "absolute")
 GROUP_NAMES = ("many", "medium", "few")
@@ -35,7 +37,7 @@ GROUP_NAMES = ("many", "medium", "few")
 def class_sizes(counts: Tensor, profile: str, ratio: float, minority_fraction: float = 0.5) -> Tensor:
     """Per-class target sizes (int64) for a part whose class counts are ``counts``."""
     if ratio < 1:
-        raise ValueError(f"imbalance ratio must be >= 1, got {ratio}")
+        raise CorruptionError(f"data.imbalance: imbalance ratio must be >= 1, got {ratio}")
     num_classes = len(counts)
     n_max = int(counts.min())
     if profile == "exponential":
@@ -43,12 +45,14 @@ def class_sizes(counts: Tensor, profile: str, ratio: float, minority_fraction: f
         sizes = torch.floor(n_max * ratio ** (-exponents) + 1e-9).long()
     elif profile == "step":
         if not 0 <= minority_fraction <= 1:
-            raise ValueError(f"minority_fraction must be in [0, 1], got {minority_fraction}")
+            raise CorruptionError(f"data.imbalance: minority_fraction must be in [0, 1], got "
+                                  f"{minority_fraction}")
         minority = math.floor(minority_fraction * num_classes)
         sizes = torch.full((num_classes,), n_max, dtype=torch.long)
         sizes[num_classes - minority:] = math.floor(n_max / ratio + 1e-9)
     else:
-        raise ValueError(f"imbalance profile must be one of {', '.join(IMBALANCE_PROFILES)}; got {profile!r}")
+        raise CorruptionError(f"data.imbalance: imbalance profile must be one of "
+                              f"{', '.join(IMBALANCE_PROFILES)}; got {profile!r}")
     return sizes.clamp(min=min(1, n_max))
 
 
@@ -73,7 +77,8 @@ def class_groups(train_counts: Tensor, rule: str = "thirds") -> Tensor:
         groups[train_counts < 20] = 2
         return groups
     if rule != "thirds":
-        raise ValueError(f"group rule must be one of {', '.join(GROUP_RULES)}; got {rule!r}")
+        raise CorruptionError(f"data.imbalance: group rule must be one of {', '.join(GROUP_RULES)}; got "
+                              f"{rule!r}")
     ranked = torch.argsort(-train_counts, stable=True)
     third = round(num_classes / 3)
     groups = torch.ones(num_classes, dtype=torch.long)

@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from kdlab.data.corruption.errors import CorruptionError
+
 FORMAT = 1
 
 
@@ -35,26 +37,28 @@ def load_record(path: str | Path, clean: Tensor, noise: dict[str, Any]) -> dict[
     (type, rate, seed, flip map, ...): ``ValueError`` naming the first that differs if not."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"labels: {path} not found (expected a noisy_labels.pt from a kdlab run or study)")
+        raise CorruptionError(f"data.noise.labels: {path} not found (expected a noisy_labels.pt from a "
+                              "kdlab run or study)")
     try:
         record = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is one user error
-        raise ValueError(f"labels: {path} is not a readable noisy-label file ({type(exc).__name__})") \
-            from None
+        raise CorruptionError(f"data.noise.labels: {path} is not a readable noisy-label file "
+                              f"({type(exc).__name__})") from None
     if not isinstance(record, dict) or record.get("format") != FORMAT:
-        raise ValueError(f"labels: {path} is not a kdlab noisy-label file")
+        raise CorruptionError(f"data.noise.labels: {path} is not a kdlab noisy-label file")
     labels, covered = record["labels"], record["covered"]
     if len(labels) != len(clean) or record["clean_sha256"] != labels_digest(clean):
-        raise ValueError(f"labels: {path} was made for another dataset ({len(labels)} labels; "
-                         f"this training set has {len(clean)})")
+        raise CorruptionError(f"data.noise.labels: {path} was made for another dataset ({len(labels)} "
+                              f"labels; this training set has {len(clean)})")
     num_classes = len(record["classes"])
     if bool(((labels < 0) | (labels >= num_classes)).any()):
-        raise ValueError(f"labels: {path} holds labels outside 0..{num_classes - 1}")
+        raise CorruptionError(f"data.noise.labels: {path} holds labels outside 0..{num_classes - 1}")
     saved = record["noise"]
     for key, wanted in noise.items():
         if saved.get(key) != wanted:
-            raise ValueError(f"labels: {path} was drawn with noise {key}={saved.get(key)!r}, but the config "
-                             f"asks for {wanted!r}; delete the file to draw it again, or match the settings")
+            raise CorruptionError(f"data.noise.labels: {path} was drawn with noise "
+                                  f"{key}={saved.get(key)!r}, but the config asks for {wanted!r}; delete the "
+                                  "file to draw it again, or match the settings")
     if not isinstance(covered, Tensor) or covered.dtype != torch.bool:
-        raise ValueError(f"labels: {path} has no coverage mask")
+        raise CorruptionError(f"data.noise.labels: {path} has no coverage mask")
     return record

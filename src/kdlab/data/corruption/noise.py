@@ -24,6 +24,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
+from kdlab.data.corruption.errors import CorruptionError
 from kdlab.data.corruption.flipmaps import default_flip_map
 
 NOISE_TYPES = ("symmetric", "asymmetric", "pairflip")
@@ -69,8 +70,8 @@ def resolve_flip_map(raw: Mapping[str | int, str | int] | None, classes: list[st
         mapping = default_flip_map(classes)
         if mapping is None:
             shown = ", ".join(classes[:6]) + (", ..." if len(classes) > 6 else "")
-            raise ValueError(f"flip_map: no default asymmetric map for classes [{shown}]; "
-                             "give one as SOURCE: TARGET class names or ids, e.g. {cat: dog}")
+            raise CorruptionError(f"data.noise.flip_map: no default asymmetric map for classes [{shown}]; "
+                                  "give one as SOURCE: TARGET class names or ids, e.g. {cat: dog}")
         return mapping
     index = {name: i for i, name in enumerate(classes)}
 
@@ -81,8 +82,8 @@ def resolve_flip_map(raw: Mapping[str | int, str | int] | None, classes: list[st
             return index[value]
         if isinstance(value, str) and value.isdigit() and int(value) < len(classes):
             return int(value)
-        raise ValueError(f"flip_map: {value!r} is neither a class name nor a label id "
-                         f"in 0..{len(classes) - 1}")
+        raise CorruptionError(f"data.noise.flip_map: {value!r} is neither a class name nor a label id "
+                              f"in 0..{len(classes) - 1}")
 
     return {label(source): label(target) for source, target in raw.items()}
 
@@ -96,9 +97,9 @@ def make_noisy(targets: Tensor, num_classes: int, kind: str, rate: float, genera
         return mapped_noise(targets, pairflip_map(num_classes), rate, generator)
     if kind == "asymmetric":
         if flip_map is None:
-            raise ValueError("flip_map: asymmetric noise needs a class-to-class map")
+            raise CorruptionError("data.noise.flip_map: asymmetric noise needs a class-to-class map")
         return mapped_noise(targets, flip_map, rate, generator)
-    raise ValueError(f"type: must be one of {', '.join(NOISE_TYPES)}; got {kind!r}")
+    raise CorruptionError(f"data.noise.type: must be one of {', '.join(NOISE_TYPES)}; got {kind!r}")
 
 
 def transition_counts(clean: Tensor, noisy: Tensor, num_classes: int) -> Tensor:
@@ -109,4 +110,4 @@ def transition_counts(clean: Tensor, noisy: Tensor, num_classes: int) -> Tensor:
 
 def _check_rate(rate: float) -> None:
     if not 0.0 <= rate <= 1.0:
-        raise ValueError(f"rate: must be in [0, 1], got {rate}")
+        raise CorruptionError(f"data.noise.rate: must be in [0, 1], got {rate}")

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Sampler
 
+from kdlab.core.errors import ConfigError
 from kdlab.data.augment import Normalize
 from kdlab.data.batch import Batch
 from kdlab.data.order import derive_seed
@@ -39,16 +40,19 @@ class BalancedPlan:
                  ) -> None:
         domains = len(sizes)
         if batch_size % domains:
-            raise ValueError(f"batch_size {batch_size} must be a multiple of the {domains} source domains "
-                             "(each step takes the same number of samples from every domain)")
+            raise ConfigError(f"data.batch_size: batch_size {batch_size} must be a multiple of the "
+                              f"{domains} source domains "
+                              "(each step takes the same number of samples from every domain)")
         self.per_domain = batch_size // domains
         if self.per_domain % world_size:
-            raise ValueError(f"the per-domain batch {self.per_domain} must be a multiple of world_size "
-                             f"{world_size}")
+            raise ConfigError(f"data.batch_size: the per-domain batch {self.per_domain} must be a multiple "
+                              "of world_size "
+                              f"{world_size}")
         small = min(sizes)
         if small < self.per_domain:
-            raise ValueError(f"a source domain has {small} training samples, fewer than the per-domain batch "
-                             f"{self.per_domain}")
+            raise ConfigError(f"data.batch_size: a source domain has {small} training samples, fewer than "
+                              "the per-domain batch "
+                              f"{self.per_domain}")
         self.sizes = list(sizes)
         self.offsets = [sum(self.sizes[:i]) for i in range(domains)]
         self.steps = small // self.per_domain

@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 from torchvision.transforms import v2
 
+from kdlab.core.errors import ConfigError
 from kdlab.data.build import DataBundle, LoaderSettings
 from kdlab.data.domains.balanced import DomainBalancedSource
 from kdlab.data.domains.catalog import DOMAIN_SETS, DomainSet
@@ -60,10 +61,10 @@ def domainbed_eval_transform(size: int) -> Transform:
 def test_domain_indices(spec: DomainSet, test_domains: Any) -> list[int]:
     chosen = test_domains if isinstance(test_domains, list | tuple) else [test_domains]
     if not chosen:
-        raise ValueError(f"{spec.title}: data.options.test_domains is empty; name at least one domain")
+        raise ConfigError(f"{spec.title}: data.options.test_domains is empty; name at least one domain")
     indices = sorted({spec.domain_index(d) for d in chosen})
     if len(indices) == len(spec.domains):
-        raise ValueError(f"{spec.title}: every domain is a test domain; leave at least one to train on")
+        raise ConfigError(f"{spec.title}: every domain is a test domain; leave at least one to train on")
     return indices
 
 
@@ -94,13 +95,14 @@ def build_domain_data(
     """The :class:`DataBundle` of DG dataset ``name`` with ``test_domains`` held out (see module doc)."""
     spec = DOMAIN_SETS.get(name)
     if root is None:
-        raise ValueError(f"dataset {name!r} is read from disk: pass its root folder (data.root)")
+        raise ConfigError(f"dataset {name!r} is read from disk: pass its root folder (data.root)")
     if s.subset is not None:
-        raise ValueError("data.subset does not apply to domain datasets; use data.options.domain_size")
+        raise ConfigError("data.subset does not apply to domain datasets; use data.options.domain_size")
     if target_split not in ("in", "all"):
-        raise ValueError(f"target_split must be 'in' or 'all'; got {target_split!r}")
+        raise ConfigError(f"data.options.target_split: target_split must be 'in' or 'all'; got "
+                          f"{target_split!r}")
     if spec.kind == "mnist" and s.image_size is not None:
-        raise ValueError(f"{spec.title} images are 28x28; leave data.image_size unset")
+        raise ConfigError(f"{spec.title} images are 28x28; leave data.image_size unset")
     targets_idx = test_domain_indices(spec, test_domains)
     parts, classes = read_domains(name, root, image_size=s.image_size, data_seed=data_seed,
                                   domain_size=domain_size)
@@ -117,9 +119,11 @@ def build_domain_data(
     size = s.image_size or LARGE_IMAGE_SIZE
     shape = tuple(train.images.shape[1:]) if train.decoded else (3, size, size)
     if train.decoded and s.device_resident == "off":
-        raise ValueError("device_resident='off' is not supported for decoded domain datasets; use 'auto'")
+        raise ConfigError("data.device_resident: device_resident='off' is not supported for decoded domain "
+                          "datasets; use 'auto'")
     if not train.decoded and s.device_resident == "on":
-        raise ValueError("device_resident='on' needs decoded images; set image_size <= 64 or use 'auto'")
+        raise ConfigError("data.device_resident: device_resident='on' needs decoded images; set image_size "
+                          "<= 64 or use 'auto'")
     train_tf = None
     eval_tf = None
     if not train.decoded:

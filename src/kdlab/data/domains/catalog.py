@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kdlab.core.errors import ConfigError
 from kdlab.core.registry import Registry
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -37,8 +38,9 @@ class DomainSet:
                 return names.index(str(domain))
         if str(domain).isdigit() and int(domain) < len(self.domains):
             return int(domain)
-        raise ValueError(f"{self.title} has no domain {domain!r}; its domains: {', '.join(self.domains)} "
-                         f"(or their indices 0..{len(self.domains) - 1})")
+        raise ConfigError(f"data.options.test_domains: {self.title} has no domain {domain!r}; its domains: "
+                          f"{', '.join(self.domains)} "
+                          f"(or their indices 0..{len(self.domains) - 1})")
 
 
 DOMAIN_SETS: Registry[DomainSet] = Registry("domain dataset")

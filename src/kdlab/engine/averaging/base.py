@@ -26,6 +26,7 @@ from kdlab.data.batch import BatchSource
 from kdlab.engine.averaging.bn import batchnorm_layers, independent_batches, recalibrate_bn
 from kdlab.engine.averaging.weights import AveragedModel, BufferPolicy
 from kdlab.engine.callbacks import Callback
+from kdlab.engine.selection import ResultSelection
 from kdlab.models.batchnorm import is_frozen_batchnorm
 
 if TYPE_CHECKING:
@@ -105,7 +106,7 @@ class AveragingStrategy(Callback):
         None where that depends on the run itself (SWAD's validation loss)."""
         return None
 
-    def check_budget(self, trainer: Trainer) -> None:
+    def check(self, trainer: Trainer) -> None:
         """Refuse a strategy whose first averaged step lies past the end of the run: its "average"
         would only be the online student."""
         first = self.first_iterate(trainer)
@@ -127,6 +128,11 @@ class AveragingStrategy(Callback):
         if self._pending is not None:
             self._restore(self._pending)
             self._pending = None
+
+    def selection(self) -> ResultSelection:
+        """The averaged model is the run's result: its final average (``report: last``) or its best
+        validated snapshot (``report: selected``)."""
+        return ResultSelection(MODEL_NAME, self.report)
 
     def eval_models(self, trainer: Trainer) -> dict[str, nn.Module]:
         if self.average is None:

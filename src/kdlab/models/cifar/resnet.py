@@ -12,6 +12,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from kdlab.models.cifar.init import he_normal_init
+from kdlab.models.errors import ModelError
 from kdlab.models.hooks import TapPoint
 from kdlab.models.presets import StagePreset
 from kdlab.models.registry import register_model
@@ -54,7 +55,7 @@ class CifarResNet(nn.Module):
     ) -> None:
         super().__init__()
         if (depth - 2) % 6:
-            raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
+            raise ModelError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
         blocks = (depth - 2) // 6
         self.conv1 = conv3x3(in_channels, widths[0])
         self.bn1 = nn.BatchNorm2d(widths[0])

@@ -13,6 +13,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from kdlab.models.cifar.init import he_normal_init
+from kdlab.models.errors import ModelError
 from kdlab.models.hooks import TapPoint
 from kdlab.models.presets import StagePreset
 from kdlab.models.registry import register_model
@@ -60,7 +61,7 @@ class WideResNet(nn.Module):
     def __init__(self, depth: int, widen_factor: int, num_classes: int = 100, in_channels: int = 3) -> None:
         super().__init__()
         if (depth - 4) % 6:
-            raise ValueError(f"WRN depth must be 6n+4, got {depth}")
+            raise ModelError(f"WRN depth must be 6n+4, got {depth}")
         blocks = (depth - 4) // 6
         widths = (16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor)
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, stride=1, padding=1, bias=False)

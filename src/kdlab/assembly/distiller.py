@@ -1,0 +1,50 @@
+"""The run's distiller: the student, the teacher (or teachers) and the method of its config."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import nn
+
+from kdlab.assembly.networks import build_network, normalization
+from kdlab.config.schema import ModelConfig, RunConfig
+from kdlab.core.errors import ConfigError
+from kdlab.data import DataBundle
+from kdlab.ensemble import TeacherEnsemble
+from kdlab.methods import DistillContext, Distiller, build_distiller
+
+NEEDS_WEIGHTS = ("a teacher needs trained weights; train one with method.name=ce and pass its run directory "
+                 "here")
+
+
+def build_teacher(config: ModelConfig, data: DataBundle, key: str) -> nn.Module:
+    """A teacher network with its trained weights (a checkpoint or pretrained weights are required)."""
+    if config.checkpoint is None and not config.pretrained:
+        raise ConfigError(f"{key}.checkpoint: {NEEDS_WEIGHTS}")
+    return build_network(config, data, key)
+
+
+def build_teacher_ensemble(configs: Sequence[ModelConfig], data: DataBundle) -> TeacherEnsemble:
+    """The ``teachers`` list as one frozen ensemble; every member must expect the same normalization."""
+    if len({repr(normalization(c, data)) for c in configs}) > 1:
+        raise ConfigError("teachers: every teacher must expect the same input normalization (mean/std)")
+    return TeacherEnsemble([build_teacher(member, data, f"teachers.{i}") for i, member in enumerate(configs)])
+
+
+def build_run_distiller(config: RunConfig, data: DataBundle, *, student: nn.Module | None = None,
+                        teacher: nn.Module | None = None) -> Distiller:
+    """The run's distiller: student, teacher(s) and method from the config (given modules win)."""
+    student = student if student is not None else build_network(config.student, data, "student")
+    if teacher is None and config.teacher is not None:
+        teacher = build_teacher(config.teacher, data, "teacher")
+    if teacher is None and config.teachers:
+        teacher = build_teacher_ensemble(config.teachers, data)
+    context = DistillContext(
+        num_classes=data.num_classes, input_shape=tuple(data.input_shape),
+        num_train_samples=data.train.num_samples, student_name=config.student.name,
+        teacher_name=config.teacher.name if config.teacher else "+".join(t.name for t in config.teachers),
+    )
+    teacher_config = config.teacher or next(iter(config.teachers), None)
+    return build_distiller(config.method, student, teacher, context,
+                           student_norm=normalization(config.student, data),
+                           teacher_norm=normalization(teacher_config, data))

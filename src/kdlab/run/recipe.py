@@ -1,0 +1,79 @@
+"""``train``: one run, top to bottom."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from kdlab.assembly import build_run_data, build_run_distiller, start_runtime
+from kdlab.config.schema import RunConfig
+from kdlab.core import distributed
+from kdlab.engine import Callback, Trainer
+from kdlab.engine.averaging import build_averager
+from kdlab.engine.stages import StageClock, plan_stages
+from kdlab.robustness import class_breakdown
+from kdlab.run.rundir import check_resumable, make_run_dir, write_end, write_start
+from kdlab.run.summary import summarize
+from kdlab.run.teacher_cache import CacheReport, attach_teacher_cache
+
+
+@dataclass
+class RunResult:
+    run_dir: Path | None
+    summary: dict[str, Any]
+    student: nn.Module
+
+
+def train(
+    config: RunConfig,
+    *,
+    resume: str | Path | None = None,
+    student: nn.Module | None = None,
+    teacher: nn.Module | None = None,
+    callbacks: Sequence[Callback] = (),
+    write: bool = True,
+) -> RunResult:
+    """Train one run. ``student``/``teacher`` modules, when given, replace those built from the config.
+
+    Everything is checked before anything is written: a refused resume leaves the run as it was."""
+    runtime = start_runtime(config.train)
+    data = build_run_data(config, runtime)
+    distiller = build_run_distiller(config, data, student=student, teacher=teacher)
+    replay = attach_teacher_cache(config, data, distiller, runtime.device)
+    resume_from = check_resumable(config, Path(resume)) if resume is not None else None
+    stages = plan_stages(config, None if config.stages else distiller.default_stages(config))
+    if replay is not None:
+        clock = StageClock(stages, len(data.train))
+        replay.require(clock.data_epoch(clock.total_steps - 1)[0] + 1)
+    averager = build_averager(config.averaging, bn_source=data.train)
+    run_callbacks = [*callbacks, *([averager] if averager is not None else []),
+                     *([CacheReport(replay)] if replay is not None else [])]
+
+    run_dir = None
+    if write:
+        if resume is not None:
+            run_dir = Path(resume)
+        elif distributed.is_main():
+            run_dir = make_run_dir(config)
+        run_dir = distributed.broadcast_object(run_dir)
+    trainer = Trainer(distiller, data.train, data.val, stages=stages, train=config.train,
+                      device=runtime.device, run_dir=run_dir, callbacks=run_callbacks,
+                      config=config.model_dump(mode="json"), class_breakdown=class_breakdown(config, data))
+    if resume_from is not None:
+        trainer.load_checkpoint(resume_from)
+    else:
+        trainer.enter_stage(0)
+    if run_dir is not None and distributed.is_main():
+        write_start(run_dir, config, data)
+
+    started = time.perf_counter()
+    final_val = trainer.fit()
+    summary = summarize(config, trainer, data, final_val, time.perf_counter() - started)
+    if run_dir is not None and distributed.is_main():
+        write_end(run_dir, trainer, summary)
+    return RunResult(run_dir, summary, trainer.distiller.student)
