@@ -1,6 +1,9 @@
 import pytest
 import torch
 
+from kdlab.cli.main import main
+from tests.helpers import write
+
 torch.set_num_threads(2)
 
 
@@ -26,3 +29,20 @@ def digits_config(tmp_path):
         return tree
 
     return make
+
+
+@pytest.fixture
+def quick(digits_config):
+    def make(**sections):
+        tree = digits_config(train={"steps": 3, "epochs": None, "eval_every": 3}, **sections)
+        tree.setdefault("name", "quick")
+        return tree
+
+    return make
+
+
+@pytest.fixture
+def finished_run(tmp_path, quick, capsys):
+    assert main(["train", write(tmp_path, quick(name="done")), "--quiet"]) == 0
+    capsys.readouterr()
+    return tmp_path / "runs" / "done"

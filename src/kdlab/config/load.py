@@ -140,18 +140,32 @@ def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     return deep_merge(read_yaml(path.parent / parent, (*_seen, path.resolve())), tree)
 
 
-def validate(tree: dict[str, Any], source: str = "config") -> RunConfig:
+def override_source(error: ValidationError, overrides: Sequence[str]) -> str | None:
+    """``command line override 'KEY=VALUE'`` when the first error's key was set (or its section created)
+    by one of ``overrides`` (the last such wins, as it does when applied); None otherwise."""
+    loc = [str(part) for part in error.errors()[0]["loc"]]
+    found = None
+    for text in overrides:
+        path, _ = parse_override(text)
+        if loc and (loc[:len(path)] == path or path[:len(loc)] == loc):
+            found = f"command line override {text!r}"
+    return found
+
+
+def validate(tree: dict[str, Any], source: str = "config", overrides: Sequence[str] = ()) -> RunConfig:
+    """The validated ``RunConfig``; an error is one line naming ``source``, or the command-line override
+    among ``overrides`` that set the offending key."""
     try:
         return RunConfig.model_validate(tree)
     except ValidationError as exc:
-        raise ConfigError(explain(exc, source)) from None
+        raise ConfigError(explain(exc, override_source(exc, overrides) or source)) from None
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = (),
                 base: dict[str, Any] | None = None) -> RunConfig:
     """Load ``path`` (or start from ``base``), apply overrides, and validate."""
     tree = read_yaml(path) if path is not None else copy.deepcopy(base or {})
-    return validate(apply_overrides(tree, overrides), str(path) if path else "config")
+    return validate(apply_overrides(tree, overrides), str(path) if path else "config", overrides)
 
 
 def dump_config(config: RunConfig) -> str:
