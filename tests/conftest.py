@@ -34,7 +34,8 @@ def digits_config(tmp_path):
 @pytest.fixture
 def quick(digits_config):
     def make(**sections):
-        tree = digits_config(train={"steps": 3, "epochs": None, "eval_every": 3}, **sections)
+        train = {"steps": 3, "epochs": None, "eval_every": 3, **sections.pop("train", {})}
+        tree = digits_config(train=train, **sections)
         tree.setdefault("name", "quick")
         return tree
 

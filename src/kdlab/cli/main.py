@@ -14,6 +14,7 @@ from kdlab import __version__
 from kdlab.config.compare import refuse_resume_change
 from kdlab.config.load import load_config, read_yaml, validate
 from kdlab.core import distributed
+from kdlab.core.checkpoint import NO_SPACE
 from kdlab.core.errors import ConfigError, UserError
 
 CHECKPOINT_HELP = "a kdlab checkpoint, or a run directory (the model its summary reports: averaged.pt, " \
@@ -249,6 +250,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except UserError as exc:
         print(f"kdlab: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.errno not in NO_SPACE:
+            raise
+        print(f"kdlab: error: {exc.filename or 'a run file'}: no space left on the device; free some space "
+              "and run again", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("kdlab: interrupted; resume with kdlab train --resume RUN_DIR", file=sys.stderr)

@@ -174,6 +174,9 @@ class Trainer:
             self.load_checkpoint(resume_from)
         elif self.stage_index < 0:
             self.enter_stage(0)
+        if self.is_main and self.run_dir is not None:
+            checkpoint.remove_stale_temps(self.run_dir)
+        self.logger.begin(self.step)
         for callback in self.callbacks:
             callback.on_fit_start(self)
         bar = tqdm(total=self.total_steps, initial=self.step, unit="step", dynamic_ncols=True,
@@ -374,6 +377,7 @@ class Trainer:
         state = checkpoint.load(path, map_location=self.device)
         if state.get("format") != CHECKPOINT_FORMAT or "optimizer" not in state:
             raise checkpoint.CheckpointError(f"{path}: not a resumable kdlab checkpoint")
+        checkpoint.check_resumable(state, path)
         try:
             self.distiller.load_state_dict(state["model"])
         except RuntimeError as exc:

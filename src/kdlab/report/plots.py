@@ -15,6 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 from matplotlib.axes import Axes  # noqa: E402
 
+from kdlab.engine.logger import METRICS_FILE, read_metrics  # noqa: E402
 from kdlab.report.results import Stat, metric, per_class_mean, select  # noqa: E402
 from kdlab.report.tables import methods, teacher_stat  # noqa: E402
 
@@ -132,15 +133,10 @@ def per_class(records: Sequence[dict[str, Any]], pair: str, condition: str, spli
 
 def _curves(run_dir: Path) -> tuple[list[float], list[float], list[float], list[float]]:
     """(eval epochs, val top-1, train-log epochs, train loss) from a run's metrics.jsonl."""
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
+    if not (run_dir / METRICS_FILE).is_file():
         return [], [], [], []
     ev_x, ev_y, tr_x, tr_y = [], [], [], []
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
+    for row in read_metrics(run_dir):
         if row.get("kind") == "eval" and row.get("model") == "student" and "top1" in row:
             ev_x.append(row["epoch"])
             ev_y.append(row["top1"])
