@@ -155,7 +155,10 @@ class TrainConfig(Section):
     grad_clip: float | None = Field(None, gt=0)
     seed: Seed = 0
     deterministic: bool = False
-    eval_every: int = Field(1, gt=0, description="evaluate every N epochs (or N steps if step-based)")
+    eval_every: int | None = Field(
+        None, gt=0, description="evaluate (and checkpoint) every N epochs, or N steps if step-based; "
+                                "default: every epoch, or about 10 times in a step budget and at least once "
+                                "per epoch")
     log_every: int = Field(50, gt=0, description="log losses, lr, img/s every N steps")
     select_metric: Literal["top1", "nll", "ece"] = "top1"
     device: str = "auto"
