@@ -23,6 +23,8 @@ from kdlab.data.batch import Batch, Replay
 from kdlab.data.order import Plan, epoch_generator
 from kdlab.data.samples import SampleDataset
 
+SEED_RANGE = 2**62
+CACHED_SEED_RANGE = 2**31
 #: how a DataLoader starts the message of an exception it carries over from a worker process
 WORKER_PREFIX = "Caught "
 
@@ -36,9 +38,6 @@ def worker_error(exc: UserError) -> UserError:
     last = text.rstrip().splitlines()[-1]
     name, sep, message = last.partition(": ")
     return type(exc)(message if sep and name.endswith(type(exc).__name__) else last)
-
-SEED_RANGE = 2**62
-CACHED_SEED_RANGE = 2**31
 
 
 class EpochSampler(Sampler[tuple[int, int]]):
