@@ -23,6 +23,8 @@ from kdlab.core.errors import CheckpointError, DiskFullError
 
 #: the errno values of a write refused for want of space (a full device, an exhausted quota)
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+#: the binary units size_text uses, as powers of two
+UNIT_POWER = {"KiB": 10, "MiB": 20, "GiB": 30, "TiB": 40}
 #: the name pattern of save_atomic's temp files
 TEMP_PATTERN = ".*.pt.*.tmp"
 
@@ -60,8 +62,9 @@ def out_of_space(exc: BaseException, folder: Path, needed: int) -> bool:
 
 
 def size_text(num_bytes: int) -> str:
-    """``12.3 MiB`` (or KiB below one MiB)."""
-    return f"{num_bytes / 2**20:.1f} MiB" if num_bytes >= 2**20 else f"{num_bytes / 2**10:.1f} KiB"
+    """``12.3 MiB``: the largest of KiB, MiB, GiB and TiB that keeps the number at least 1."""
+    unit = next((u for u in ("TiB", "GiB", "MiB") if num_bytes >= 2 ** UNIT_POWER[u]), "KiB")
+    return f"{num_bytes / 2 ** UNIT_POWER[unit]:.1f} {unit}"
 
 
 def disk_full_message(path: Path, needed: int) -> str:

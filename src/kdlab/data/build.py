@@ -15,6 +15,7 @@ from kdlab.data.batch import BatchSource
 from kdlab.data.catalog import DATASETS, DatasetSpec
 from kdlab.data.corruption import CorruptedSplits, ImbalanceSpec, NoiseSpec, corrupt_splits
 from kdlab.data.loader_source import LoaderBatchSource
+from kdlab.data.memory import check_fits
 from kdlab.data.raw import Split, channel_stats
 from kdlab.data.samples import SampleDataset
 from kdlab.data.splits import split_train_val, take_subset
@@ -155,6 +156,10 @@ def build_data(
     per-batch collectives during evaluation.
     """
     spec = DATASETS.get(name)
+    if image_size is not None:
+        batch = max(batch_size, eval_batch_size)
+        check_fits(batch, (1, image_size, image_size), 4, f"a batch of {batch} float images at image_size "
+                   f"{image_size}")
     settings = LoaderSettings(
         batch_size=batch_size, device=torch.device(device), seed=seed, eval_batch_size=eval_batch_size,
         val_fraction=val_fraction, split_seed=split_seed, subset=subset,
