@@ -5,10 +5,11 @@ import torch
 from torch import nn
 
 from kdlab.config import validate
+from kdlab.core import checkpoint
 from kdlab.core.checkpoint import load
 from kdlab.core.errors import ConfigError
 from kdlab.data.batch import Batch
-from kdlab.engine import Callback, Trainer, checkpoint
+from kdlab.engine import Callback, Trainer
 from kdlab.engine.averaging import LossValley, recalibrate_bn
 from kdlab.engine.averaging.ema import EMAParams
 from kdlab.engine.averaging.swad import SWAD, SWADParams
