@@ -24,6 +24,7 @@ from kdlab.core.errors import ConfigError, NonFiniteLossError
 from kdlab.data.batch import Batch, BatchSource
 from kdlab.engine.cadence import eval_interval
 from kdlab.engine.callbacks import Callback
+from kdlab.engine.finite import refuse_non_finite
 from kdlab.engine.freeze import StageFreezer, check_paths
 from kdlab.engine.logger import MetricsLogger
 from kdlab.engine.metrics import ClassBreakdown, better, evaluate_model
@@ -119,6 +120,7 @@ class Trainer:
         self.last_eval_step = -1
         self._best_state: dict[str, Tensor] = {}
         self.should_stop = False
+        self.checked_losses: dict[str, Tensor] = {}
         self.train_time = 0.0
         self.images_seen = 0
         self.is_main = distributed.is_main()
@@ -260,6 +262,7 @@ class Trainer:
         return output, loss
 
     def _check_finite(self, output: DistillOutput, loss: Tensor) -> None:
+        self.checked_losses = output.losses
         if bool(torch.isfinite(loss.detach())):
             return
         terms = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in output.losses.items())
@@ -360,8 +363,13 @@ class Trainer:
         }
 
     def save_checkpoint(self) -> None:
-        if self.is_main and self.run_dir is not None:
-            checkpoint.save_atomic(self.checkpoint_state(), self.run_dir / "last.pt")
+        """Write ``last.pt``, unless its weights or optimizer state are not finite (then raise, keeping the
+        previous one)."""
+        if self.run_dir is not None:
+            state = self.checkpoint_state()
+            refuse_non_finite(state, self.step, self.checked_losses)
+            if self.is_main:
+                checkpoint.save_atomic(state, self.run_dir / "last.pt")
         distributed.barrier()
 
     def load_checkpoint(self, path: Path) -> None:
