@@ -21,6 +21,8 @@ def digits_config(tmp_path):
             "train": {"epochs": 3, "precision": "fp32", "progress": False, "log_every": 5},
             "out_dir": str(tmp_path / "runs"),
         }
+        if "steps" in sections.get("train", {}):  # a step budget replaces the epochs (one budget only)
+            tree["train"].pop("epochs")
         for key, value in sections.items():
             if isinstance(value, dict) and isinstance(tree.get(key), dict):
                 tree[key] = {**tree[key], **value}
