@@ -1,6 +1,9 @@
 import pytest
 import torch
 
+from kdlab.cli.main import main
+from tests.helpers import write
+
 torch.set_num_threads(2)
 
 
@@ -18,6 +21,8 @@ def digits_config(tmp_path):
             "train": {"epochs": 3, "precision": "fp32", "progress": False, "log_every": 5},
             "out_dir": str(tmp_path / "runs"),
         }
+        if "steps" in sections.get("train", {}):  # a step budget replaces the epochs (one budget only)
+            tree["train"].pop("epochs")
         for key, value in sections.items():
             if isinstance(value, dict) and isinstance(tree.get(key), dict):
                 tree[key] = {**tree[key], **value}
@@ -26,3 +31,21 @@ def digits_config(tmp_path):
         return tree
 
     return make
+
+
+@pytest.fixture
+def quick(digits_config):
+    def make(**sections):
+        train = {"steps": 3, "epochs": None, "eval_every": 3, **sections.pop("train", {})}
+        tree = digits_config(train=train, **sections)
+        tree.setdefault("name", "quick")
+        return tree
+
+    return make
+
+
+@pytest.fixture
+def finished_run(tmp_path, quick, capsys):
+    assert main(["train", write(tmp_path, quick(name="done")), "--quiet"]) == 0
+    capsys.readouterr()
+    return tmp_path / "runs" / "done"

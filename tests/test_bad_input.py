@@ -9,38 +9,7 @@ import yaml
 
 from kdlab.cli.main import main
 from kdlab.models import build_model
-
-
-def write(tmp_path, tree, name="run.yaml"):
-    path = tmp_path / name
-    path.write_text(yaml.safe_dump(tree))
-    return str(path)
-
-
-def one_line_error(capsys, argv):
-    """Run the CLI, expecting exit code 2 and a single stderr line; returns that line."""
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0, err
-    assert err.startswith("kdlab") and "Traceback" not in err
-    return err
-
-
-@pytest.fixture
-def quick(digits_config):
-    def make(**sections):
-        tree = digits_config(train={"steps": 3, "epochs": None, "eval_every": 3}, **sections)
-        tree.setdefault("name", "quick")
-        return tree
-
-    return make
-
-
-@pytest.fixture
-def finished_run(tmp_path, quick, capsys):
-    assert main(["train", write(tmp_path, quick(name="done")), "--quiet"]) == 0
-    capsys.readouterr()
-    return tmp_path / "runs" / "done"
+from tests.helpers import one_line_error, write
 
 
 @pytest.fixture

@@ -102,4 +102,20 @@ def test_table_is_mean_and_domainbed_standard_error_over_seeds():
     rows = table(lines, spec, [0, 1]).splitlines()
     # population std over seeds / sqrt(n): sqrt(200/3) / sqrt(3) = 4.71; 5 / sqrt(2) = 3.54
     assert rows[2] == "| kd | 60.0 ± 4.7 | 85.0 ± 3.5 | 72.5 |"
-    assert rows[3] == "| ce | 40.0 ± 0.0 | - | - |"  # no average over a missing target
+    assert rows[3] == "| ce | 40.0 | - | - |"  # one seed: no spread; no average over a missing target
+
+
+def test_a_second_call_adds_its_runs_to_the_results(dg_files):
+    tmp_path, paths = dg_files
+    out, config = tmp_path / "dg", tmp_path / "ce.yaml"
+    config.write_text(paths["teacher"].read_text())
+    argv = ["dg", str(config), "--out-dir", str(out), "--targets", "+90%", "--quiet"]
+    assert main([*argv, "--seeds", "0"]) == 0
+    table = (out / "results.md").read_text()
+    assert "| ce | " in table and " ± " not in table.splitlines()[-1]
+    assert main([*argv, "--seeds", "1"]) == 0
+    assert main([*argv, "--seeds", "1"]) == 0  # a repeated call lists its runs once
+    lines = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    assert [(x["config"], x["seed"]) for x in lines] == [("ce", 0), ("ce", 1)]
+    table = (out / "results.md").read_text()
+    assert "seeds [0, 1]" in table and " ± " in table.splitlines()[-1]

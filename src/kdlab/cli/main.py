@@ -10,8 +10,11 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from kdlab.config.load import load_config
+from kdlab import __version__
+from kdlab.config.compare import refuse_resume_change
+from kdlab.config.load import load_config, read_yaml, validate
 from kdlab.core import distributed
+from kdlab.core.checkpoint import NO_SPACE
 from kdlab.core.errors import ConfigError, UserError
 
 CHECKPOINT_HELP = "a kdlab checkpoint, or a run directory (the model its summary reports: averaged.pt, " \
@@ -26,6 +29,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         saved = Path(args.resume) / "config.yaml"
         overrides = ([args.config] if args.config else []) + list(args.overrides)
         config = load_config(saved, overrides)
+        refuse_resume_change(validate(read_yaml(saved), str(saved)).model_dump(mode="json"),
+                             config.model_dump(mode="json"))
     elif args.config is None:
         raise ConfigError("kdlab train: give a CONFIG file, or --resume RUN_DIR")
     else:
@@ -94,19 +99,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    if args.what == "methods":
-        from kdlab.methods import METHODS
+    from kdlab.cli.listing import listing
 
-        names = METHODS.names()
-    elif args.what == "models":
-        from kdlab.models import list_models
-
-        names = list_models() + ["torchvision:<name>", "timm:<name>"]
-    else:
-        from kdlab.data import list_datasets
-
-        names = list_datasets()
-    print("\n".join(names))
+    print(listing(args.what))
     return 0
 
 
@@ -149,6 +144,7 @@ def count(minimum: int) -> Callable[[str], int]:
 
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="kdlab", description="Knowledge distillation for image classifiers.")
+    top.add_argument("--version", action="version", version=f"kdlab {__version__}")
     sub = top.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a run from a YAML config")
@@ -173,10 +169,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="student", help=MODEL_HELP)
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("demo", help="teacher, student and KD student on scikit-learn digits")
-    p.add_argument("--seed", type=count(0), default=0)
-    p.add_argument("--epochs", type=count(1), default=20)
-    p.add_argument("--out-dir", default="runs")
+    p = sub.add_parser("demo", help="teacher, student and KD student on scikit-learn digits",
+                       description="Train a teacher CNN, a student from scratch and a KD student on "
+                                   "scikit-learn's bundled digits (no download), and print their test top-1.")
+    p.add_argument("--seed", type=count(0), default=0, help="seed of every run (default: 0)")
+    p.add_argument("--epochs", type=count(1), default=20, help="epochs of each of the three runs")
+    p.add_argument("--out-dir", default="runs", help="where the demo's run directories go (default: runs)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("dg", help="leave-one-domain-out: every target domain, teachers and students, a table")
@@ -215,19 +213,41 @@ def parser() -> argparse.ArgumentParser:
                    help="which test metrics to tabulate (default: the study file's report.split)")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("list", help="list registered methods, models or datasets")
+    p = sub.add_parser("list", help="list registered methods, models or datasets, one line each")
     p.add_argument("what", choices=["methods", "models", "datasets"])
     p.set_defaults(func=cmd_list)
+    for command in sub.choices.values():
+        command.set_defaults(parser=command)
     return top
 
 
+def parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The parsed command line; ``KEY=VALUE`` overrides may come anywhere after the subcommand, and any
+    other error prints the subcommand's usage."""
+    args, extra = parser().parse_known_args(argv)
+    overrides = [text for text in extra if "=" in text and not text.startswith("-")]
+    field = "configs" if args.command == "dg" else "overrides"
+    rest = [text for text in extra if text not in overrides] if hasattr(args, field) else extra
+    if rest:
+        args.parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if overrides:
+        setattr(args, field, [*getattr(args, field), *overrides])
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    args = parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         return args.func(args)
     except UserError as exc:
         print(f"kdlab: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.errno not in NO_SPACE:
+            raise
+        print(f"kdlab: error: {exc.filename or 'a run file'}: no space left on the device; free some space "
+              "and run again", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("kdlab: interrupted; resume with kdlab train --resume RUN_DIR", file=sys.stderr)

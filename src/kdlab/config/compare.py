@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from kdlab.core.errors import ConfigError
+
 #: a resumed run keeps what it trains on and what it trains: its data, models, method, plan and seed
 RESUME_FIXED = ("data", "student", "teacher", "teachers", "method", "averaging", "stages", "train.seed")
 #: data settings that say where the data is or how batches are made, not which samples or labels they hold
@@ -40,3 +42,13 @@ def first_change(old: Mapping[str, Any], new: Mapping[str, Any], fixed: Sequence
         if is_under(path, fixed) and not is_under(path, free) and flat_old.get(path) != flat_new.get(path):
             return path, flat_old.get(path), flat_new.get(path)
     return None
+
+
+def refuse_resume_change(saved: Mapping[str, Any], new: Mapping[str, Any]) -> None:
+    """Raise the one-line ``ConfigError`` a resume gets when ``new`` changes a key under ``RESUME_FIXED``
+    (and not under ``RESUME_FREE``) of the run's ``saved`` config tree."""
+    change = first_change(saved, new, RESUME_FIXED, RESUME_FREE)
+    if change is not None:
+        key, old, value = change
+        raise ConfigError(f"{key}: a resumed run cannot change it (the run has {old!r}, this config "
+                          f"{value!r}); start a new run to train with it")

@@ -17,7 +17,8 @@ from kdlab.core.registry import closest
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads ``1e-3`` and ``5E+4`` as floats (YAML 1.1 needs a dot there) and
+    """SafeLoader that also reads ``1e-3`` and ``5E+4`` as floats (YAML 1.1 needs a dot there), reads
+    only decimal integers (``0x10``, ``010`` and ``1:30`` stay strings, which no count accepts) and
     refuses a key given twice in one mapping (plain YAML keeps the last one silently)."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
@@ -31,6 +32,13 @@ class _Loader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+INT_TAG = "tag:yaml.org,2002:int"
+DECIMAL_INT = re.compile(r"^[-+]?(?:0|[1-9][0-9_]*)$")
+_Loader.add_implicit_resolver(INT_TAG, DECIMAL_INT, list("-+0123456789"))
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != INT_TAG or regexp is DECIMAL_INT]
+    for first, resolvers in _Loader.yaml_implicit_resolvers.items()
+}
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
@@ -39,7 +47,11 @@ _Loader.add_implicit_resolver(
 
 
 def safe_load(text: str) -> Any:
-    return yaml.load(text, Loader=_Loader)  # noqa: S506  (a SafeLoader subclass)
+    """YAML ``text`` read with ``_Loader``; nesting too deep for PyYAML's recursion is a ``YAMLError``."""
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506  (a SafeLoader subclass)
+    except RecursionError:
+        raise yaml.YAMLError("lists or mappings nested too deeply") from None
 
 
 def _section_model(root: type[BaseModel], path: Sequence[str | int]) -> type[BaseModel] | None:
@@ -86,7 +98,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     try:
         value = safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"override {text!r}: value is not valid YAML ({exc.problem})") from None
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({problem})") from None
     return key.split("."), value
 
 
@@ -127,7 +140,10 @@ def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if path.resolve() in _seen:
         raise ConfigError(f"{path}: 'extends' forms a cycle")
     try:
-        tree = safe_load(path.read_text())
+        tree = safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
+                          f"{exc.start})") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(tree, dict):
@@ -140,18 +156,32 @@ def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     return deep_merge(read_yaml(path.parent / parent, (*_seen, path.resolve())), tree)
 
 
-def validate(tree: dict[str, Any], source: str = "config") -> RunConfig:
+def override_source(error: ValidationError, overrides: Sequence[str]) -> str | None:
+    """``command line override 'KEY=VALUE'`` when the first error's key was set (or its section created)
+    by one of ``overrides`` (the last such wins, as it does when applied); None otherwise."""
+    loc = [str(part) for part in error.errors()[0]["loc"]]
+    found = None
+    for text in overrides:
+        path, _ = parse_override(text)
+        if loc and (loc[:len(path)] == path or path[:len(loc)] == loc):
+            found = f"command line override {text!r}"
+    return found
+
+
+def validate(tree: dict[str, Any], source: str = "config", overrides: Sequence[str] = ()) -> RunConfig:
+    """The validated ``RunConfig``; an error is one line naming ``source``, or the command-line override
+    among ``overrides`` that set the offending key."""
     try:
         return RunConfig.model_validate(tree)
     except ValidationError as exc:
-        raise ConfigError(explain(exc, source)) from None
+        raise ConfigError(explain(exc, override_source(exc, overrides) or source)) from None
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = (),
                 base: dict[str, Any] | None = None) -> RunConfig:
     """Load ``path`` (or start from ``base``), apply overrides, and validate."""
     tree = read_yaml(path) if path is not None else copy.deepcopy(base or {})
-    return validate(apply_overrides(tree, overrides), str(path) if path else "config")
+    return validate(apply_overrides(tree, overrides), str(path) if path else "config", overrides)
 
 
 def dump_config(config: RunConfig) -> str:

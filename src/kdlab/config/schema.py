@@ -1,26 +1,57 @@
 """The run configuration: a typed, validated tree read from YAML.
 
-Every section rejects unknown keys. Method hyper-parameters are not listed here: each method
-declares its own ``Params`` model, validated when the method is built (see ``kdlab.methods``).
+Every section rejects unknown keys, and numbers are strict: a boolean is not a number, a count is an
+integer (``1e3`` and ``1000.0`` are refused where a count belongs), and a real must fit a float32 where
+the training loop uses it. Method hyper-parameters are not listed here: each method declares its own
+``Params`` model, validated when the method is built (see ``kdlab.methods``).
 """
 
 from __future__ import annotations
 
 import os
+import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    Strict,
+    field_validator,
+    model_validator,
+)
 
 #: a seed numpy, torch and Python all accept
 Seed = Annotated[int, Field(ge=0, lt=2**32)]
 #: a loss-term weight: 0 switches the term off; a negative weight would maximize the loss
 Weight = Annotated[float, Field(ge=0)]
 #: an Adam moment decay
-Beta = Annotated[float, Field(ge=0, lt=1)]
+Beta = Annotated[float, Strict(), Field(ge=0, lt=1)]
+#: the largest float32: a learning rate or decay beyond it overflows in the optimizer step
+FLOAT32_MAX = 3.4028234663852886e38
+
+
+def _fits_float32(value: float) -> float:
+    if value >= FLOAT32_MAX:
+        raise ValueError(f"must be below {FLOAT32_MAX:.3g}, the largest float32 (the optimizer step would "
+                         "overflow)")
+    return value
+
+
+#: a real the training loop multiplies in float32
+Real32 = Annotated[float, AfterValidator(_fits_float32)]
+#: a positive such real
+Rate = Annotated[Real32, Field(gt=0)]
+#: the longest file name most file systems take, in bytes
+NAME_MAX = 255
+#: the devices a run can train on
+DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False, strict=True)
 
 
 class NoiseConfig(Section):
@@ -82,6 +113,13 @@ class DataConfig(Section):
     def _path_as_text(cls, value: Any) -> Any:
         return os.fspath(value) if isinstance(value, os.PathLike) else value
 
+    @field_validator("num_workers")
+    @classmethod
+    def _workers(cls, workers: int | str) -> int | str:
+        if isinstance(workers, int) and workers < 0:
+            raise ValueError("a worker count is 0 (load in the main process) or more, or 'auto'")
+        return workers
+
 
 class ModelConfig(Section):
     """A model by registry name (``resnet8x4``, ``torchvision:resnet18``, ``timm:...``)."""
@@ -105,11 +143,11 @@ class MethodConfig(Section):
 
 class OptimConfig(Section):
     name: Literal["sgd", "adam", "adamw"] = "sgd"
-    lr: float = Field(0.05, gt=0)
+    lr: Rate = 0.05
     momentum: float = Field(0.9, ge=0, lt=1)
     nesterov: bool = False
-    weight_decay: float = Field(5e-4, ge=0)
-    betas: tuple[Beta, Beta] = (0.9, 0.999)
+    weight_decay: Real32 = Field(5e-4, ge=0)
+    betas: tuple[Beta, Beta] = Field((0.9, 0.999), strict=False, description="a list of two in YAML")
     no_decay_norm_bias: bool = Field(False, description="no weight decay on norm layers and biases")
 
 
@@ -117,10 +155,10 @@ class ScheduleConfig(Section):
     name: Literal["multistep", "cosine", "constant"] = "multistep"
     milestones: list[Annotated[float, Field(ge=0)]] = Field(
         default_factory=list, description="in epochs (or steps if step-based)")
-    gamma: float = Field(0.1, gt=0, description="multistep: the lr is multiplied by gamma at each milestone")
+    gamma: Real32 = Field(0.1, gt=0, description="multistep: the lr is multiplied by gamma at each milestone")
     warmup: float = Field(0.0, ge=0, description="linear warm-up length in epochs (or steps)")
     warmup_start_factor: float = Field(0.01, gt=0, le=1)
-    min_lr: float = Field(0.0, ge=0)
+    min_lr: Real32 = Field(0.0, ge=0)
 
 
 class StageConfig(Section):
@@ -154,25 +192,36 @@ class StageConfig(Section):
 
 class TrainConfig(Section):
     epochs: int | None = Field(None, gt=0)
-    steps: int | None = Field(None, gt=0, description="step budget; overrides epochs")
+    steps: int | None = Field(None, gt=0, description="step budget (instead of epochs)")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     channels_last: bool = Field(True, description="channels_last memory format for 4-D inputs")
     compile: bool = False
     compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = Field(
         "default", description="torch.compile mode; reduce-overhead adds CUDA graphs (training batches "
                                "are always whole: the last partial batch is dropped)")
-    grad_clip: float | None = Field(None, gt=0)
+    grad_clip: Rate | None = None
     seed: Seed = 0
     deterministic: bool = False
-    eval_every: int = Field(1, gt=0, description="evaluate every N epochs (or N steps if step-based)")
+    eval_every: int | None = Field(
+        None, gt=0, description="evaluate (and checkpoint) every N epochs, or N steps if step-based; "
+                                "default: every epoch, or about 10 times in a step budget and at least once "
+                                "per epoch")
     log_every: int = Field(50, gt=0, description="log losses, lr, img/s every N steps")
     select_metric: Literal["top1", "nll", "ece"] = "top1"
-    device: str = "auto"
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     progress: bool = True
     tensorboard: bool = Field(False, description="also log to RUN_DIR/tb (needs kdlab[tb])")
     per_class: Literal["auto", "on", "off"] = Field(
         "auto", description="per-class (and, under data.imbalance, many/medium/few) top-1 in every "
                             "evaluation; auto: on when data.noise or data.imbalance is set")
+
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, device: str) -> str:
+        if not DEVICE.fullmatch(device):
+            raise ValueError("kdlab trains on auto, cpu, cuda or cuda:N")
+        return device
 
 
 class AveragingConfig(Section):
@@ -235,6 +284,9 @@ class RunConfig(Section):
     def _plain_name(cls, name: str | None) -> str | None:
         if name is not None and (not name.strip() or name in (".", "..") or "/" in name or "\\" in name):
             raise ValueError("a run name is one folder name under out_dir: no '/', '\\', '.' or '..'")
+        if name is not None and len(name.encode()) > NAME_MAX:
+            raise ValueError(f"a run name is one folder name of at most {NAME_MAX} bytes; this one has "
+                             f"{len(name.encode())}")
         return name
 
     @model_validator(mode="after")
@@ -244,6 +296,9 @@ class RunConfig(Section):
             raise ValueError("with 'stages', set epochs or steps per stage, not train.epochs/train.steps")
         if not self.stages and not has_budget:
             raise ValueError("set train.epochs or train.steps")
+        if self.train.epochs is not None and self.train.steps is not None:
+            raise ValueError("set train.epochs or train.steps, not both (train.epochs=null turns an epoch "
+                             "budget into a step budget)")
         if self.teacher is not None and self.teachers:
             raise ValueError("set 'teacher' (one model) or 'teachers' (an ensemble), not both")
         names = [stage.name for stage in self.stages]

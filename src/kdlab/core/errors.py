@@ -20,3 +20,7 @@ class CheckpointError(UserError, ValueError):
 
 class NonFiniteLossError(UserError, FloatingPointError):
     """Training or evaluation produced NaN or infinite values; the message says where."""
+
+
+class DiskFullError(UserError, OSError):
+    """A file could not be written for want of disk space; the message names it and the space needed."""

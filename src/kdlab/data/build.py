@@ -23,6 +23,7 @@ from kdlab.data.batch import BatchSource
 from kdlab.data.catalog import DATASETS, DatasetSpec
 from kdlab.data.corruption import CorruptedSplits, ImbalanceSpec, NoiseSpec, corrupt_splits
 from kdlab.data.loader_source import LoaderBatchSource
+from kdlab.data.memory import check_fits
 from kdlab.data.raw import Split, channel_stats
 from kdlab.data.samples import SampleDataset
 from kdlab.data.splits import split_train_val, take_subset
@@ -151,6 +152,10 @@ def build_data(config: DataConfig | Mapping[str, Any], runtime: Runtime | None =
         spec = DATASETS.get(config.name)
     except UnknownNameError as exc:
         raise ConfigError(f"data.name: {exc}") from None
+    if config.image_size is not None:
+        batch = max(config.batch_size, config.eval_batch_size)
+        check_fits(batch, (1, config.image_size, config.image_size), 4,
+                   f"a batch of {batch} float images at image_size {config.image_size}")
     settings = LoaderSettings(
         batch_size=config.batch_size, device=runtime.device, seed=runtime.seed,
         eval_batch_size=config.eval_batch_size, val_fraction=config.val_fraction,

@@ -58,11 +58,39 @@ CIFAR100 = CifarLayout(
 )
 
 
+#: the only globals a CIFAR batch's pickle references: numpy arrays and dtypes (as numpy 1 and 2 name
+#: them) and the codec Python 3 uses for bytes at protocol 2; anything else is refused unimported
+CIFAR_GLOBALS = frozenset({
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    ("_codecs", "encode"),
+})
+
+
+class RefusedPickle(pickle.UnpicklingError):
+    """A pickle that references something a CIFAR batch never holds."""
+
+
+class CifarUnpickler(pickle.Unpickler):
+    """Reads dicts, lists, bytes, strings, numbers and numpy arrays; refuses every other global before
+    importing it, so a crafted batch file cannot run code."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in CIFAR_GLOBALS:
+            raise RefusedPickle(f"it references {module}.{name}, which a CIFAR batch never holds; "
+                                "refusing to load it")
+        return super().find_class(module, name)
+
+
 def _unpickle(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as f:
-            raw = pickle.load(f, encoding="latin1")
-    except (pickle.UnpicklingError, EOFError, ValueError) as err:
+            raw = CifarUnpickler(f, encoding="latin1").load()
+    except RefusedPickle as err:
+        raise DatasetFormatError(f"{path}: {err}") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as err:
         raise DatasetFormatError(f"{path}: not a CIFAR python pickle ({err})") from None
     if not isinstance(raw, dict):
         raise DatasetFormatError(f"{path}: expected a pickled dict, got {type(raw).__name__}")

@@ -55,6 +55,8 @@ def _read(path: Path) -> bytes:
 
 def decode_bytes(data: bytes, name: str) -> Tensor:
     """An encoded image as a uint8 3 x H x W RGB tensor; unreadable data raises naming ``name``."""
+    if not data:
+        raise DatasetFormatError(f"{name}: empty image file (0 bytes)")
     try:
         image = decode_image(_as_tensor(data), mode=ImageReadMode.RGB)
         return image[0] if image.ndim == 4 else image

@@ -14,3 +14,7 @@ class DatasetNotFoundError(UserError, FileNotFoundError):
 
 class DatasetFormatError(UserError, ValueError):
     """A dataset file exists but its content is wrong (bad header, label out of range, undecodable)."""
+
+
+class DatasetSizeError(UserError, ValueError):
+    """A dataset size (image count, image side) that would not fit in memory; the message names it."""

@@ -17,6 +17,7 @@ import torchvision
 from torch import Tensor
 from torch.utils.data import DataLoader, Sampler
 
+from kdlab.core.errors import UserError
 from kdlab.data.augment import Normalize
 from kdlab.data.batch import Batch, Replay
 from kdlab.data.order import Plan, epoch_generator
@@ -24,6 +25,19 @@ from kdlab.data.samples import SampleDataset
 
 SEED_RANGE = 2**62
 CACHED_SEED_RANGE = 2**31
+#: how a DataLoader starts the message of an exception it carries over from a worker process
+WORKER_PREFIX = "Caught "
+
+
+def worker_error(exc: UserError) -> UserError:
+    """A user error re-raised from a DataLoader worker, whose message is the worker's whole traceback, as
+    the one line it was in the worker (the traceback's last line, less the exception's name)."""
+    text = str(exc)
+    if not text.startswith(WORKER_PREFIX):
+        return exc
+    last = text.rstrip().splitlines()[-1]
+    name, sep, message = last.partition(": ")
+    return type(exc)(message if sep and name.endswith(type(exc).__name__) else last)
 
 
 class EpochSampler(Sampler[tuple[int, int]]):
@@ -139,11 +153,14 @@ class LoaderBatchSource:
             slab = self.replay.load(self.sampler.epoch)
             self.sampler.cached_seeds = slab.augment_for(torch.arange(self.num_samples))[:, 0].cpu() \
                 if self.loader.dataset.transform is not None else None
-        for images, targets, indices in self.loader:
-            indices = indices.to(self.device, non_blocking=True)
-            yield Batch(
-                self.normalize(images.to(self.device, non_blocking=True)),
-                targets.to(self.device, non_blocking=True),
-                indices,
-                slab.teacher(indices) if slab is not None else None,
-            )
+        try:
+            for images, targets, indices in self.loader:
+                indices = indices.to(self.device, non_blocking=True)
+                yield Batch(
+                    self.normalize(images.to(self.device, non_blocking=True)),
+                    targets.to(self.device, non_blocking=True),
+                    indices,
+                    slab.teacher(indices) if slab is not None else None,
+                )
+        except UserError as exc:
+            raise worker_error(exc) from None

@@ -13,6 +13,7 @@ from torch import Tensor
 from torchvision.transforms.v2 import functional as TF
 
 from kdlab.data.errors import DatasetFormatError
+from kdlab.data.memory import check_fits
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,8 @@ def resize_dataset(data: RawDataset, size: int | None) -> RawDataset:
     """``data`` with decoded parts resized to ``size`` (unchanged when ``size`` is None)."""
     if size is None:
         return data
+    count = len(data.train) + len(data.test)
+    check_fits(count, (data.train.images.shape[1], size, size), 1, f"{count} images at image_size {size}")
     return RawDataset(
         Split(data.train.targets, images=resize_images(data.train.images, size)),
         Split(data.test.targets, images=resize_images(data.test.images, size)),

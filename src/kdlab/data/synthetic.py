@@ -14,6 +14,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from kdlab.core.errors import ConfigError
+from kdlab.data.memory import check_fits
 from kdlab.data.order import derive_seed
 from kdlab.data.raw import RawDataset, Split
 
@@ -48,9 +49,11 @@ def load_synthetic(
 ) -> RawDataset:
     """Synthetic ``channels`` x ``image_size`` x ``image_size`` images (32 by default); ``root`` is unused."""
     size = image_size or 32
-    if num_classes < 2 or num_train < num_classes or num_test < 1:
-        raise ConfigError("data.options: synthetic needs num_classes >= 2, num_train >= num_classes and "
-                          "num_test >= 1")
+    if num_classes < 2 or num_train < num_classes or num_test < 1 or channels < 1:
+        raise ConfigError("data.options: synthetic needs num_classes >= 2, num_train >= num_classes, "
+                          "num_test >= 1 and channels >= 1")
+    check_fits(num_classes, (channels, size, size), 4, f"synthetic: {num_classes} class patterns")
+    check_fits(num_train + num_test, (channels, size, size), 1, f"synthetic: {num_train + num_test} images")
     grid = torch.rand(num_classes, channels, 4, 4, generator=_generator(data_seed, 0))
     patterns = 48 + 160 * F.interpolate(grid, size=(size, size), mode="bilinear", align_corners=False)
     train = _samples(patterns, num_train, noise, _generator(data_seed, 1))

@@ -9,7 +9,6 @@ It never sees the test split: the run layer evaluates test once training is over
 from __future__ import annotations
 
 import contextlib
-import logging
 import resource
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -20,24 +19,25 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 from kdlab.config.schema import OptimConfig, ScheduleConfig, TrainConfig
 from kdlab.core import checkpoint, distributed
 from kdlab.core.errors import ConfigError, NonFiniteLossError
 from kdlab.data.batch import Batch, BatchSource
+from kdlab.engine.cadence import eval_interval
 from kdlab.engine.callbacks import Callback
+from kdlab.engine.finite import refuse_non_finite
 from kdlab.engine.freeze import StageFreezer, check_paths
 from kdlab.engine.logger import MetricsLogger
 from kdlab.engine.metrics import ClassBreakdown, better, evaluate_model
 from kdlab.engine.optim import build_optimizer, build_scheduler
 from kdlab.engine.precision import resolve_precision
+from kdlab.engine.progress import Console
 from kdlab.engine.selection import ResultSelection, choose_selection
 from kdlab.engine.stages import Stage, StageClock
 from kdlab.methods.base import Distiller, DistillOutput, StageInfo, StepContext, weighted_sum
 
 CHECKPOINT_FORMAT = 1
-log = logging.getLogger("kdlab")
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -118,12 +118,14 @@ class Trainer:
         self.last_eval_step = -1
         self._best_state: dict[str, Tensor] = {}
         self.should_stop = False
+        self.checked_losses: dict[str, Tensor] = {}
         self.train_time = 0.0
         self.images_seen = 0
         self.is_main = distributed.is_main()
         for callback in self.callbacks:
             callback.check(self)
         self.logger = MetricsLogger(run_dir if self.is_main else None, tensorboard=train.tensorboard)
+        self.console = Console(bar=train.progress, show=self.is_main)
 
     def _stage_weights(self, index: int, stage: Stage) -> Mapping[str, float]:
         """The loss weights of stage ``index``: the method's configured weights, then the stage's."""
@@ -196,18 +198,20 @@ class Trainer:
             self.load_checkpoint(resume_from)
         elif self.stage_index < 0:
             self.enter_stage(0)
+        if self.is_main and self.run_dir is not None:
+            checkpoint.remove_stale_temps(self.run_dir)
+        self.logger.begin(self.step)
         for callback in self.callbacks:
             callback.on_fit_start(self)
-        bar = tqdm(total=self.total_steps, initial=self.step, unit="step", dynamic_ncols=True,
-                   disable=not (self.cfg.progress and self.is_main), leave=False)
+        self.console.start(self.total_steps, self.step)
         try:
             while self.step < self.total_steps and not self.should_stop:
                 index = self.clock.stage_of(self.step)
                 if index != self.stage_index:
                     self.enter_stage(index)
-                self._run_epoch(bar)
+                self._run_epoch()
         finally:
-            bar.close()
+            self.console.close()
         if self.last_eval_step != self.step:
             self._evaluate_and_save()
         for callback in self.callbacks:
@@ -215,11 +219,11 @@ class Trainer:
         self.logger.close()
         return self.last_eval
 
-    def _run_epoch(self, bar: tqdm) -> None:
+    def _run_epoch(self) -> None:
         """Up to one pass over the data, ending early at the end of the stage."""
         epoch, skip = self.clock.data_epoch(self.step)
         stage_end = self.clock.end_of(self.stage_index)
-        eval_every = self.stage.eval_every or self.cfg.eval_every
+        eval_every = eval_interval(self.stage, self.cfg.eval_every, self.steps_per_epoch)
         self.train_data.set_epoch(epoch)
         self.freezer.train()
         window_start, window_images = time.perf_counter(), 0
@@ -233,14 +237,14 @@ class Trainer:
             images = batch.targets.numel() * distributed.world_size()
             window_images += images
             self.images_seen += images
-            bar.update(1)
+            self.console.advance(self.epoch)
             for callback in self.callbacks:
                 callback.on_step_end(self)
             if self.step % self.cfg.log_every == 0 or self.device.type == "cpu":
                 self._check_finite(output, loss)
             if self.step % self.cfg.log_every == 0:
                 elapsed = time.perf_counter() - window_start
-                self._log_train(output, loss, window_images / max(elapsed, 1e-9), bar)
+                self._log_train(output, loss, window_images / max(elapsed, 1e-9))
                 window_start, window_images = time.perf_counter(), 0
             self.train_time += time.perf_counter() - started
             local = self.step - self.clock.starts[self.stage_index]
@@ -280,6 +284,7 @@ class Trainer:
         return output, loss
 
     def _check_finite(self, output: DistillOutput, loss: Tensor) -> None:
+        self.checked_losses = output.losses
         if bool(torch.isfinite(loss.detach())):
             return
         terms = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in output.losses.items())
@@ -288,18 +293,15 @@ class Trainer:
             f"terms: {terms}. Lower optim.lr, set train.grad_clip, or use train.precision=fp32"
         )
 
-    def _log_train(self, output: DistillOutput, loss: Tensor, images_per_s: float, bar: tqdm) -> None:
+    def _log_train(self, output: DistillOutput, loss: Tensor, images_per_s: float) -> None:
         terms = {k: float(v.detach()) for k, v in output.losses.items()}
         total = float(loss.detach())
         lr = self.optimizer.param_groups[0]["lr"]
         self.logger.log("train", self.step, stage=self.stage.name, epoch=round(self.epoch, 4), lr=lr,
                         loss=total, **terms, img_per_s=round(images_per_s, 1),
                         peak_mem_mb=round(peak_memory_mb(self.device), 1))
-        bar.set_postfix(loss=f"{total:.4f}", img_s=f"{images_per_s:.0f}", refresh=False)
-        if bar.disable and self.is_main:
-            shown = " ".join(f"{k}={v:.4f}" for k, v in terms.items())
-            log.info("step %d epoch %.2f lr %.3g loss %.4f (%s) %.0f img/s", self.step, self.epoch, lr,
-                     total, shown, images_per_s)
+        self.console.train_line(step=self.step, epoch=self.epoch, lr=lr, loss=total, terms=terms,
+                                images_per_s=images_per_s)
 
     # ------------------------------------------------------------------ evaluation
     def eval_models(self) -> dict[str, nn.Module]:
@@ -321,14 +323,9 @@ class Trainer:
                 results[name] = self.evaluate(model, self.val_data)
                 self.logger.log("eval", self.step, stage=self.stage.name, split="val", model=name,
                                 epoch=round(self.epoch, 4), **results[name])
-                if self.is_main:
-                    r = results[name]
-                    message = (f"step {self.step} epoch {self.epoch:.2f} val {name}: top1 {r['top1']:.2f} "
-                               f"nll {r['nll']:.4f} ece {r['ece']:.2f}")
-                    if self.cfg.progress:
-                        tqdm.write(message)
-                    else:
-                        log.info(message)
+                r = results[name]
+                self.console.message(f"step {self.step} epoch {self.epoch:.2f} val {name}: top1 "
+                                     f"{r['top1']:.2f} nll {r['nll']:.4f} ece {r['ece']:.2f}")
             for callback in self.callbacks:
                 callback.on_evaluate(self, results)
             self._update_best(results)
@@ -414,14 +411,20 @@ class Trainer:
         }
 
     def save_checkpoint(self) -> None:
-        if self.is_main and self.run_dir is not None:
-            checkpoint.save_atomic(self.checkpoint_state(), self.run_dir / "last.pt")
+        """Write ``last.pt``, unless its weights or optimizer state are not finite (then raise, keeping the
+        previous one)."""
+        if self.run_dir is not None:
+            state = self.checkpoint_state()
+            refuse_non_finite(state, self.step, self.checked_losses)
+            if self.is_main:
+                checkpoint.save_atomic(state, self.run_dir / "last.pt")
         distributed.barrier()
 
     def load_checkpoint(self, path: Path) -> None:
         state = checkpoint.load(path, map_location=self.device)
         if state.get("format") != CHECKPOINT_FORMAT or "optimizer" not in state:
             raise checkpoint.CheckpointError(f"{path}: not a resumable kdlab checkpoint")
+        checkpoint.check_resumable(state, path)
         try:
             self.distiller.load_state_dict(state["model"])
         except RuntimeError as exc:

@@ -20,8 +20,11 @@ strategies whose result is the final average (SWA, EMA, SWAD, WAKD), that final 
 
 The protocol writes ``OUT/results.jsonl`` (one JSON line per run: config, target, seed, accuracies,
 cost) and ``OUT/results.md``: one row per config, one column per target domain with the mean and the
-standard error over seeds (DomainBed's convention, std / sqrt(n)), and their average. Finished runs
-(with ``summary.json``) are reused; interrupted ones resume from ``last.pt``.
+standard error over seeds (DomainBed's convention, std / sqrt(n); a cell of one seed shows its value
+alone), and their average. Both files cover every finished run of the output directory: a call merges
+its runs into the ``results.jsonl`` already there (one line per run directory), so another seed or
+config adds rows instead of replacing the table. Finished runs (with a readable ``summary.json``) are
+reused; interrupted ones resume from ``last.pt``.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from typing import Any
 from kdlab.config.load import ConfigError, apply_overrides, read_yaml, set_dotted, validate
 from kdlab.config.schema import RunConfig
 from kdlab.data.domains import DOMAIN_SETS, DomainSet
+from kdlab.protocols.records import read_results, read_summary
 from kdlab.run import train
 
 log = logging.getLogger("kdlab")
@@ -147,7 +151,7 @@ def plan(configs: Sequence[str | Path], overrides: Sequence[str] = (), *, teache
 def execute(runs: Sequence[RunSpec], quiet: bool = False) -> None:
     """Train every run that has no ``summary.json`` yet (resuming those with a ``last.pt``)."""
     for i, run in enumerate(runs, 1):
-        if (run.run_dir / "summary.json").is_file():
+        if read_summary(run.run_dir) is not None:
             continue
         config = run.config
         if quiet:
@@ -159,10 +163,9 @@ def execute(runs: Sequence[RunSpec], quiet: bool = False) -> None:
 
 def result_line(run: RunSpec, spec: DomainSet) -> dict[str, Any] | None:
     """The JSON line of a finished run (None when it has not finished)."""
-    path = run.run_dir / "summary.json"
-    if not path.is_file():
+    summary = read_summary(run.run_dir)
+    if summary is None:
         return None
-    summary = json.loads(path.read_text())
     averaging = summary.get("averaging") or {}
     reported = averaging.get("report", "test_selected")
     steps = max(summary["steps"], 1)
@@ -172,6 +175,7 @@ def result_line(run: RunSpec, spec: DomainSet) -> dict[str, Any] | None:
         "target": run.target,
         "target_name": spec.domains[run.target],
         "seed": run.seed,
+        "split_seed": run.config.data.split_seed,
         "method": run.config.method.name,
         "averaging": averaging.get("strategy", "none"),
         "reported": reported,
@@ -189,7 +193,10 @@ def result_line(run: RunSpec, spec: DomainSet) -> dict[str, Any] | None:
 
 
 def _mean_err(values: Sequence[float]) -> str:
+    """``mean ± standard error``, or the mean alone for one value (its spread is undefined)."""
     mean = sum(values) / len(values)
+    if len(values) == 1:
+        return f"{mean:.1f}"
     err = math.sqrt(sum((v - mean) ** 2 for v in values) / len(values) / len(values))
     return f"{mean:.1f} ± {err:.1f}"
 
@@ -212,19 +219,32 @@ def table(lines: Sequence[dict[str, Any]], spec: DomainSet, targets: Sequence[in
     return "\n".join(out)
 
 
+def merge_lines(earlier: Sequence[dict[str, Any]], lines: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``earlier`` results lines whose run directory still exists, with ``lines`` laid over them: one
+    line per run directory, a rerun's line in its old place, new runs at the end."""
+    merged = {line["run_dir"]: line for line in earlier
+              if isinstance(line.get("run_dir"), str) and Path(line["run_dir"]).is_dir()}
+    merged.update((line["run_dir"], line) for line in lines)
+    return list(merged.values())
+
+
 def collect(runs: Sequence[RunSpec], spec: DomainSet, out_dir: str | Path
             ) -> tuple[list[dict[str, Any]], str]:
-    """Write ``results.jsonl`` and ``results.md`` from the finished runs; returns the lines and the table."""
+    """Merge the finished runs into ``results.jsonl`` and write ``results.md`` over every run it lists of
+    this dataset; returns the lines of this call's runs and the table."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     lines = [line for run in runs if (line := result_line(run, spec)) is not None]
-    (out / "results.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
-    targets = list(dict.fromkeys(run.target for run in runs))
-    seeds = sorted({run.seed for run in runs if run.label != "teacher"})
-    splits = sorted({run.config.data.split_seed for run in runs})
+    every = merge_lines(read_results(out / "results.jsonl"), lines)
+    (out / "results.jsonl").write_text("".join(json.dumps(line) + "\n" for line in every))
+    dataset = runs[0].config.data.name if runs else None
+    shown = [line for line in every if line.get("dataset") == dataset]
+    targets = sorted({line["target"] for line in shown})
+    seeds = sorted({line["seed"] for line in shown if line["config"] != "teacher"})
+    splits = sorted({line["split_seed"] for line in shown if line.get("split_seed") is not None})
     text = (f"{spec.title}, leave-one-domain-out, training-domain validation; test accuracy (%) on the "
-            f"target domain, mean ± standard error over seeds {seeds} (in/out split seeds {splits})\n\n"
-            f"{table(lines, spec, targets)}\n")
+            f"target domain, mean ± standard error over seeds {seeds} (in/out split seeds {splits}; a "
+            f"single seed's value has no spread)\n\n{table(shown, spec, targets)}\n")
     (out / "results.md").write_text(text)
     return lines, text
 

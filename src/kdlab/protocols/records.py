@@ -3,7 +3,9 @@
 ``STUDY/status/<job>.json`` holds the job's state (``running``, ``done``, ``failed``, ``interrupted``,
 ``blocked``), the attempt count, the child's pid and exit code and the config digest. ``results.jsonl``
 gets one line per finished run (appended once: a run is never listed twice), built from the job and
-its ``summary.json``.
+its ``summary.json``. Every append starts on a fresh line, so a line torn by a crash costs only itself,
+and the run whose line it was is listed again by the next rerun. A ``summary.json`` that cannot be read
+(torn by a crash) means an unfinished run.
 """
 
 from __future__ import annotations
@@ -58,9 +60,29 @@ def read_results(path: Path) -> list[dict[str, Any]]:
     return records
 
 
+def read_summary(run_dir: Path) -> dict[str, Any] | None:
+    """A run's ``summary.json``, or None when it is missing or unreadable (the run has not finished)."""
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return summary if isinstance(summary, dict) else None
+
+
+def ends_mid_line(path: Path) -> bool:
+    """Whether ``path`` is a non-empty file whose last byte is not a newline (a torn last line)."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return False
+    with path.open("rb") as handle:
+        handle.seek(-1, os.SEEK_END)
+        return handle.read(1) != b"\n"
+
+
 def append_result(path: Path, record: dict[str, Any]) -> None:
+    """Append ``record`` as one line, on a fresh line even after a torn one."""
+    prefix = "\n" if ends_mid_line(path) else ""
     with path.open("a") as handle:
-        handle.write(json.dumps(record) + "\n")
+        handle.write(prefix + json.dumps(record) + "\n")
         handle.flush()
         os.fsync(handle.fileno())
 

@@ -17,7 +17,6 @@ interrupted too (on Linux they also end when the study process is killed) and th
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import shutil
 import signal
@@ -28,7 +27,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import yaml
 
@@ -46,6 +45,7 @@ from kdlab.protocols.records import (
     config_digest,
     read_results,
     read_status,
+    read_summary,
     result_record,
     write_status,
 )
@@ -119,12 +119,13 @@ class Study:
         return self.dir / "runs" / job.id
 
     def finished(self, job: Job) -> bool:
-        return (self.run_dir(job) / "summary.json").is_file()
+        """Whether ``job``'s run has a readable ``summary.json`` (a torn one is an unfinished run)."""
+        return read_summary(self.run_dir(job)) is not None
 
     def _record(self, job: Job, listed: set[str]) -> None:
         """Mark ``job`` done and list it in results.jsonl (once)."""
         if job.id not in listed:
-            summary = json.loads((self.run_dir(job) / "summary.json").read_text())
+            summary = read_summary(self.run_dir(job)) or {}
             append_result(self.dir / RESULTS, result_record(job, summary, self.dir.resolve()))
             listed.add(job.id)
         write_status(self.dir, job.id, state="done")
@@ -299,7 +300,7 @@ class Study:
 
 
 def _score(run_dir: Path) -> str:
-    summary: dict[str, Any] = json.loads((run_dir / "summary.json").read_text())
+    summary = read_summary(run_dir) or {}
     last = summary.get("test_last") or {}
     return f"test top1 {last.get('top1', float('nan')):.2f} ({summary.get('wall_time_s', 0):.0f} s)"
 

@@ -15,11 +15,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 from matplotlib.axes import Axes  # noqa: E402
 
-from kdlab.engine.logger import read_metrics
+from kdlab.engine.logger import read_metrics  # noqa: E402
 from kdlab.report.results import Stat, metric, per_class_mean, select  # noqa: E402
+from kdlab.report.style import method_style, wants_log_scale  # noqa: E402
 from kdlab.report.tables import methods, teacher_stat  # noqa: E402
 
 DPI = 110
+#: the widest figure a report draws, in inches (1540 px at DPI)
+MAX_WIDTH = 14.0
+#: per-class bars per panel; more classes x methods are split over several panels, one above the other
+BARS_PER_PANEL = 120
 SPLIT_LABEL = {"test_last": "test top-1 (%), last epoch", "test_selected": "test top-1 (%), val-selected"}
 
 
@@ -35,10 +40,6 @@ def _legend(ax: Axes) -> None:
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
 
 
-def _markers(index: int) -> str:
-    return "osD^vP*Xh<>"[index % 11]
-
-
 def _axis_plot(ax: Axes, records: Sequence[dict[str, Any]], x_key: str, points: Sequence[dict[str, Any]],
                split: str, baseline: str | None) -> None:
     """One line per method (mean with std error bars over seeds) plus the teachers, dashed."""
@@ -48,7 +49,7 @@ def _axis_plot(ax: Axes, records: Sequence[dict[str, Any]], x_key: str, points: 
         stats = [Stat.of(metric(r, split) for r in runs if r[x_key] == x) for x in xs]
         shown = [(x, s) for x, s in zip(xs, stats, strict=True) if s is not None]
         ax.errorbar([x for x, _ in shown], [s.mean for _, s in shown], yerr=[s.std for _, s in shown],
-                    marker=_markers(index), capsize=3, linewidth=2.2 if name == baseline else 1.4,
+                    **method_style(index), capsize=3, linewidth=2.2 if name == baseline else 1.4,
                     label=name + (" (baseline)" if name == baseline else ""))
     teachers = [(x, teacher_stat(records, [r for r in points if r[x_key] == x], split)) for x in xs]
     teachers = [(x, s) for x, s in teachers if s is not None]
@@ -108,26 +109,36 @@ def per_class(records: Sequence[dict[str, Any]], pair: str, condition: str, spli
     classes = first.get("classes") or [str(c) for c in range(num_classes)]
     counts = first.get("train_counts")
     labels = [f"{c}\n(n={counts[i]})" if counts else str(c) for i, c in enumerate(classes)]
-    fig, ax = plt.subplots(figsize=(max(8.0, 0.12 * num_classes * len(names)), 4.6))
-    if num_classes <= 20:
-        width = 0.8 / len(names)
+    values = {name: per_class_mean(select(runs, method=name), split) for name in names}
+    if num_classes > 20:
+        fig, ax = plt.subplots(figsize=(min(MAX_WIDTH, max(8.0, 0.12 * num_classes)), 4.6))
         for index, name in enumerate(names):
-            values = per_class_mean(select(runs, method=name), split)
-            ax.bar([c + (index - (len(names) - 1) / 2) * width for c in range(num_classes)], values, width,
-                   label=name)
-        ax.set_xticks(range(num_classes), labels, fontsize=7)
-        ax.set_xlabel("class (training samples)" if counts else "class")
-    else:
-        for name in names:
-            ax.plot(range(num_classes), per_class_mean(select(runs, method=name), split), label=name,
-                    linewidth=1.0)
+            ax.plot(range(num_classes), values[name], label=name, linewidth=1.0, markersize=3,
+                    **method_style(index))
         ax.set_xlabel("class id")
-    ax.set_ylabel(SPLIT_LABEL[split].replace("top-1", "per-class top-1"))
-    ax.set_ylim(0, 100)
-    ax.set_title(f"{pair}, {condition}: per-class accuracy (mean over seeds, balanced test set)",
-                 fontsize=10)
-    ax.grid(True, axis="y", alpha=0.3)
-    _legend(ax)
+        axes = [ax]
+    else:
+        per_panel = max(1, BARS_PER_PANEL // len(names))
+        chunks = [list(range(start, min(start + per_panel, num_classes)))
+                  for start in range(0, num_classes, per_panel)]
+        width_in = min(MAX_WIDTH, max(8.0, 0.12 * len(chunks[0]) * len(names)))
+        fig, grid = plt.subplots(len(chunks), 1, figsize=(width_in, 4.6 * len(chunks)), squeeze=False)
+        axes = [row[0] for row in grid]
+        width = 0.8 / len(names)
+        for ax, chunk in zip(axes, chunks, strict=True):
+            for index, name in enumerate(names):
+                ax.bar([c + (index - (len(names) - 1) / 2) * width for c in chunk],
+                       [values[name][c] for c in chunk], width, label=name,
+                       color=method_style(index)["color"])
+            ax.set_xticks(chunk, [labels[c] for c in chunk], fontsize=7)
+            ax.set_xlabel("class (training samples)" if counts else "class")
+    for ax in axes:
+        ax.set_ylabel(SPLIT_LABEL[split].replace("top-1", "per-class top-1"))
+        ax.set_ylim(0, 100)
+        ax.grid(True, axis="y", alpha=0.3)
+    axes[0].set_title(f"{pair}, {condition}: per-class accuracy (mean over seeds, balanced test set)",
+                      fontsize=10)
+    _legend(axes[0])
     return _save(fig, path)
 
 
@@ -150,14 +161,18 @@ def training_curves(records: Sequence[dict[str, Any]], root: Path, pair: str, co
     runs = select(records, role="student", pair=pair, condition=condition)
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(7.6, 6.2), sharex=True)
     drawn = False
+    losses: list[float] = []
     for index, name in enumerate(methods(runs, baseline)):
         first = min(select(runs, method=name), key=lambda r: r["seed"])
         ev_x, ev_y, tr_x, tr_y = _curves(root / first["run_dir"])
+        style = method_style(index)
         if ev_x:
-            top.plot(ev_x, ev_y, marker=_markers(index), markersize=3, label=f"{name} (seed {first['seed']})")
+            top.plot(ev_x, ev_y, markersize=3, label=f"{name} (seed {first['seed']})", **style)
             drawn = True
         if tr_x:
-            bottom.plot(tr_x, tr_y, linewidth=1.0, label=name)
+            bottom.plot(tr_x, tr_y, linewidth=1.0, label=name, color=style["color"],
+                        linestyle=style["linestyle"])
+            losses.extend(tr_y)
             drawn = True
     if not drawn:
         plt.close(fig)
@@ -166,7 +181,10 @@ def training_curves(records: Sequence[dict[str, Any]], root: Path, pair: str, co
     top.set_title(f"{pair}, {condition}: training curves", fontsize=10)
     top.grid(True, alpha=0.3)
     _legend(top if top.lines else bottom)
-    bottom.set_ylabel("training loss (weighted total)")
+    log_loss = wants_log_scale(losses)
+    if log_loss:
+        bottom.set_yscale("log")
+    bottom.set_ylabel("training loss (weighted total)" + (", log scale" if log_loss else ""))
     bottom.set_xlabel("epoch")
     bottom.grid(True, alpha=0.3)
     return _save(fig, path)

@@ -8,7 +8,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from kdlab.config.compare import RESUME_FIXED, RESUME_FREE, first_change
+from kdlab.config.compare import refuse_resume_change
 from kdlab.config.load import dump_config, read_yaml, validate
 from kdlab.config.schema import RunConfig
 from kdlab.core import checkpoint
@@ -42,12 +42,7 @@ def check_resumable(config: RunConfig, run_dir: Path) -> Path:
     if not last.is_file():
         raise ConfigError(f"--resume: {last} not found; nothing to resume")
     saved = validate(read_yaml(run_dir / "config.yaml"), str(run_dir / "config.yaml"))
-    change = first_change(saved.model_dump(mode="json"), config.model_dump(mode="json"), RESUME_FIXED,
-                          RESUME_FREE)
-    if change is not None:
-        key, old, new = change
-        raise ConfigError(f"{key}: a resumed run cannot change it (the run has {old!r}, this config "
-                          f"{new!r}); start a new run to train with it")
+    refuse_resume_change(saved.model_dump(mode="json"), config.model_dump(mode="json"))
     return last
 
 

@@ -9,6 +9,7 @@ unless ``image_size <= 64``, when they are decoded and resized up front.
 
 from __future__ import annotations
 
+import difflib
 import os
 from pathlib import Path
 
@@ -36,6 +37,19 @@ def _layout(spec: DomainSet, base: Path) -> str:
     return f"{base}/{{{','.join(spec.domain_folders)}}}/<class>/<image>"
 
 
+def near_match(parent: Path, name: str) -> str:
+    """`` (found NAME2/: folder names are case-sensitive)`` when ``parent`` holds a folder whose name
+    differs from ``name`` only in case (or is close to it), else ''."""
+    if not parent.is_dir():
+        return ""
+    folders = [d.name for d in parent.iterdir() if d.is_dir()]
+    same_case = [f for f in folders if f.lower() == name.lower()]
+    if same_case:
+        return f" (found {same_case[0]}/: folder names are case-sensitive; rename it to {name}/)"
+    close = difflib.get_close_matches(name, folders, n=1)
+    return f" (did you mean {close[0]}/?)" if close else ""
+
+
 def _missing(spec: DomainSet, base: Path, what: str) -> DatasetNotFoundError:
     return DatasetNotFoundError(
         f"{spec.title}: {what}; expected the layout {_layout(spec, base)}, as produced by {spec.source}"
@@ -47,12 +61,12 @@ def read_domain_folders(root: str | Path, spec: DomainSet, image_size: int | Non
     """One :class:`Split` per domain (in the dataset's domain order) and the class names."""
     base = dataset_dir(Path(root).expanduser(), spec)
     if not base.is_dir():
-        raise _missing(spec, base, f"folder {base} not found")
+        raise _missing(spec, base, f"folder {base} not found{near_match(base.parent, base.name)}")
     listing: list[dict[str, list[str]]] = []
     for name in spec.domain_folders:
         folder = base / name
         if not folder.is_dir():
-            raise _missing(spec, base, f"domain folder {name!r} not found in {base}")
+            raise _missing(spec, base, f"domain folder {name!r} not found in {base}{near_match(base, name)}")
         classes = {}
         for class_dir in sorted(d for d in folder.iterdir() if d.is_dir()):
             files = sorted(f.name for f in os.scandir(class_dir) if f.is_file() and is_image(f.name))
