@@ -155,7 +155,7 @@ def build_data(config: DataConfig | Mapping[str, Any], runtime: Runtime | None =
     if config.image_size is not None:
         batch = max(config.batch_size, config.eval_batch_size)
         check_fits(batch, (1, config.image_size, config.image_size), 4,
-                   f"a batch of {batch} float images at image_size {config.image_size}")
+                   f"data.image_size: a batch of {batch} float images at {config.image_size} px")
     settings = LoaderSettings(
         batch_size=config.batch_size, device=runtime.device, seed=runtime.seed,
         eval_batch_size=config.eval_batch_size, val_fraction=config.val_fraction,

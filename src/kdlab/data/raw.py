@@ -85,7 +85,8 @@ def resize_dataset(data: RawDataset, size: int | None) -> RawDataset:
     if size is None:
         return data
     count = len(data.train) + len(data.test)
-    check_fits(count, (data.train.images.shape[1], size, size), 1, f"{count} images at image_size {size}")
+    shape = (data.train.images.shape[1], size, size)
+    check_fits(count, shape, 1, f"data.image_size: {count} images at {size} px")
     return RawDataset(
         Split(data.train.targets, images=resize_images(data.train.images, size)),
         Split(data.test.targets, images=resize_images(data.test.images, size)),

@@ -52,8 +52,9 @@ def load_synthetic(
     if num_classes < 2 or num_train < num_classes or num_test < 1 or channels < 1:
         raise ConfigError("data.options: synthetic needs num_classes >= 2, num_train >= num_classes, "
                           "num_test >= 1 and channels >= 1")
-    check_fits(num_classes, (channels, size, size), 4, f"synthetic: {num_classes} class patterns")
-    check_fits(num_train + num_test, (channels, size, size), 1, f"synthetic: {num_train + num_test} images")
+    where = "data.options: synthetic:"
+    check_fits(num_classes, (channels, size, size), 4, f"{where} {num_classes} class patterns")
+    check_fits(num_train + num_test, (channels, size, size), 1, f"{where} {num_train + num_test} images")
     grid = torch.rand(num_classes, channels, 4, 4, generator=_generator(data_seed, 0))
     patterns = 48 + 160 * F.interpolate(grid, size=(size, size), mode="bilinear", align_corners=False)
     train = _samples(patterns, num_train, noise, _generator(data_seed, 1))

@@ -41,11 +41,11 @@ def train(
     """Train one run. ``student``/``teacher`` modules, when given, replace those built from the config.
 
     Everything is checked before anything is written: a refused resume leaves the run as it was."""
+    resume_from = check_resumable(config, Path(resume)) if resume is not None else None
     runtime = start_runtime(config.train)
     data = build_run_data(config, runtime)
     distiller = build_run_distiller(config, data, student=student, teacher=teacher)
     replay = attach_teacher_cache(config, data, distiller, runtime.device)
-    resume_from = check_resumable(config, Path(resume)) if resume is not None else None
     stages = plan_stages(config, None if config.stages else distiller.default_stages(config))
     if replay is not None:
         clock = StageClock(stages, len(data.train))
