@@ -207,7 +207,7 @@ def check_cache(work: Path, device: str) -> dict[str, Any]:
     fill_teacher_cache(config)
     where = torch.device(device)
     data = build_run_data(config, Runtime(where, seed=config.train.seed))
-    distiller = build_run_distiller(config, data).to(where).eval()
+    distiller = build_run_distiller(config, data).place(where).eval()
     attach_teacher_cache(config, data, distiller, where)
     autocast = resolve_precision(config.train.precision, where).autocast()
     loss_diffs = []

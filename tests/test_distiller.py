@@ -46,8 +46,11 @@ def test_gradients_reach_student_never_teacher_and_teacher_bn_stats_do_not_move(
     assert set(out.losses) == {"ce", "kd"} and out.logits.shape == (6, 3)
 
 
-def test_to_moves_teacher_with_distiller():
+def test_place_moves_the_teacher_and_to_only_the_trainable_modules():
     distiller = kd().to(torch.float64)
+    assert next(distiller.student.parameters()).dtype == torch.float64
+    assert next(distiller.teacher.parameters()).dtype == torch.float32
+    distiller.place(torch.float64)
     assert next(distiller.teacher.parameters()).dtype == torch.float64
 
 

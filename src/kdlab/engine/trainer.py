@@ -81,10 +81,10 @@ class Trainer:
         self.selection = selection or choose_selection(distiller.select_model, callbacks)
         self.class_breakdown = class_breakdown
         self.precision = resolve_precision(train.precision, device)
-        self.distiller = distiller.to(device)
+        self.distiller = distiller.place(device)
         self.memory_format = torch.channels_last if train.channels_last else torch.contiguous_format
         if train.channels_last:
-            self.distiller.to(memory_format=torch.channels_last)
+            self.distiller.place(memory_format=torch.channels_last)
         if train.compile:
             self.distiller.student.compile(mode=train.compile_mode)
             if self.distiller.teacher is not None:

@@ -1,9 +1,11 @@
 """The Distiller: the one trainable module the engine runs, whatever the method.
 
 A Distiller owns the student and the method's trainable parts (connectors, embeddings, memories).
-The teacher is held but never registered as a submodule, so it is absent from ``parameters()``,
-``state_dict()`` and whatever DDP wraps; it is moved with the distiller, kept in eval mode, and run
-under no-grad. ``forward(batch, step)`` returns the unweighted loss terms and the student's logits.
+The teacher is held beside them in a :class:`FrozenTeacher` (as timm's distillation task holds its
+teacher), not as a submodule: it is absent from ``parameters()``, ``state_dict()`` and whatever DDP
+wraps, kept in eval mode, and run under no-grad. ``Distiller.to`` moves the trainable modules only;
+:meth:`Distiller.place` moves them and the teacher. ``forward(batch, step)`` returns the unweighted
+loss terms and the student's logits.
 
 The trainer talks to a method only through what this interface declares: at every step it passes a
 frozen :class:`StepContext` (the stage, the epochs done in it, the global step and the stage's loss
@@ -120,6 +122,16 @@ def _normalization_map(
     return scale, shift
 
 
+class FrozenTeacher:
+    """A teacher held outside the module tree of the distiller that uses it: in eval mode, with no
+    gradients (its BatchNorm statistics never move)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        module.eval()
+        module.requires_grad_(False)
+        self.module = module
+
+
 class Distiller(nn.Module):
     """Base class of every method. Subclasses set ``terms``, ``default_weights`` and ``Params``."""
 
@@ -163,37 +175,34 @@ class Distiller(nn.Module):
         if owns_student:
             self.student = student
         else:
-            self.__dict__["student"] = student
+            object.__setattr__(self, "student", student)
         self._shared: SharedForward | None = None
         self.params = params
         self.context = context
         self.weights: Mapping[str, float] = MappingProxyType(dict(weights or self.default_weights))
-        self.__dict__["_teacher"] = None
-        self._teacher_input: tuple[Tensor, Tensor] | None = None
-        if teacher is not None:
-            self.set_teacher(teacher)
-            if student_norm is not None and teacher_norm is not None:
-                self._teacher_input = _normalization_map(student_norm, teacher_norm)
+        self.frozen = FrozenTeacher(teacher) if teacher is not None else None
+        renormalize = None
+        if teacher is not None and student_norm is not None and teacher_norm is not None:
+            renormalize = _normalization_map(student_norm, teacher_norm)
+        self.renormalizes = renormalize is not None
+        scale, shift = renormalize or (None, None)
+        self.register_buffer("teacher_input_scale", scale, persistent=False)
+        self.register_buffer("teacher_input_shift", shift, persistent=False)
 
     @property
     def teacher(self) -> nn.Module | None:
-        return self.__dict__["_teacher"]
+        return self.frozen.module if self.frozen is not None else None
 
-    def set_teacher(self, teacher: nn.Module) -> None:
-        """Hold ``teacher`` frozen: eval mode, no gradients, outside the module tree."""
-        teacher.eval()
-        teacher.requires_grad_(False)
-        self.__dict__["_teacher"] = teacher
-
-    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> Distiller:
-        super()._apply(fn, recurse)
+    def place(self, *args: Any, **kwargs: Any) -> Distiller:
+        """``to(*args, **kwargs)`` of the trainable modules and of the frozen teacher (device, dtype,
+        memory format)."""
+        self.to(*args, **kwargs)
         if self.teacher is not None:
-            self.teacher._apply(fn, recurse)
-        if self._teacher_input is not None:
-            self._teacher_input = tuple(fn(t) for t in self._teacher_input)
+            self.teacher.to(*args, **kwargs)
         return self
 
     def train(self, mode: bool = True) -> Distiller:
+        """As ``nn.Module.train``; the teacher stays in eval mode."""
         super().train(mode)
         if self.teacher is not None:
             self.teacher.eval()
@@ -201,10 +210,9 @@ class Distiller(nn.Module):
 
     def teacher_inputs(self, inputs: Tensor) -> Tensor:
         """Inputs re-normalized to the teacher's mean/std when they differ from the student's."""
-        if self._teacher_input is None:
+        if not self.renormalizes:
             return inputs
-        scale, shift = self._teacher_input
-        return inputs * scale + shift
+        return inputs * self.teacher_input_scale + self.teacher_input_shift
 
     @torch.no_grad()
     def teacher_logits(self, inputs: Tensor) -> Tensor:

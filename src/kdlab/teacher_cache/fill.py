@@ -104,7 +104,7 @@ def fill_teacher_cache(config: RunConfig, *, shard: int = 0, num_shards: int = 1
         raise ConfigError(f"--shard: {shard} is outside 0..{num_shards - 1}")
     device = resolve_device(config.train.device)
     data = build_run_data(config, process_runtime(device, config.train.seed))
-    distiller = build_run_distiller(config, data).to(device)
+    distiller = build_run_distiller(config, data).place(device)
     distiller.teacher.to(memory_format=MEMORY_FORMAT)
     try:
         meta = cache_meta(config, run_signature(config, data, distiller))
