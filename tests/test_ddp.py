@@ -5,22 +5,31 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 import yaml
 
 from kdlab.core.checkpoint import load
+from kdlab.models import build_model
+
+COMPOSED = {"name": "composed", "params": {"parts": [{"name": "kd"}, {"name": "at", "weights": {"ce": 0.0}}]}}
 
 
-def write_config(tmp_path, name):
+def write_config(tmp_path, name, method):
     config = {
         "data": {"name": "digits", "batch_size": 32, "val_fraction": 0.2, "augment": "none"},
         "student": {"name": "cnn_tiny", "kwargs": {"batchnorm": False}},
-        "method": {"name": "ce"},
+        "method": method,
         "optim": {"name": "sgd", "lr": 0.1},
         "train": {"steps": 12, "eval_every": 6, "precision": "fp32", "progress": False},
         "out_dir": str(tmp_path),
         "name": name,
     }
+    if method["name"] != "ce":
+        torch.manual_seed(0)
+        teacher = tmp_path / "teacher.pt"
+        torch.save(build_model("cnn_small", 10, in_channels=1, batchnorm=False).state_dict(), teacher)
+        config["teacher"] = {"name": "cnn_small", "kwargs": {"batchnorm": False}, "checkpoint": str(teacher)}
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -32,10 +41,13 @@ def run(args):
     assert done.returncode == 0, done.stderr[-3000:]
 
 
-def test_two_gloo_processes_match_one_process(tmp_path):
-    run([sys.executable, "-m", "kdlab.cli.main", "train", str(write_config(tmp_path, "single")), "--quiet"])
+@pytest.mark.parametrize("method", [{"name": "ce"}, COMPOSED], ids=["ce", "composed_kd_at"])
+def test_two_gloo_processes_match_one_process(tmp_path, method):
+    single_config = write_config(tmp_path, "single", method)
+    ddp_config = write_config(tmp_path, "ddp", method)
+    run([sys.executable, "-m", "kdlab.cli.main", "train", str(single_config), "--quiet"])
     run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "kdlab.cli.main", "train", str(write_config(tmp_path, "ddp")), "--quiet"])
+         "-m", "kdlab.cli.main", "train", str(ddp_config), "--quiet"])
     single, ddp = load(tmp_path / "single" / "last.pt"), load(tmp_path / "ddp" / "last.pt")
     assert single["step"] == ddp["step"] == 12
     for key, value in single["model"].items():
