@@ -15,7 +15,7 @@ from kdlab.config.compare import refuse_resume_change
 from kdlab.config.load import load_config, read_yaml, validate
 from kdlab.core import distributed
 from kdlab.core.checkpoint import NO_SPACE
-from kdlab.core.errors import ConfigError, UserError
+from kdlab.core.errors import ConfigError, RunInterrupted, UserError
 
 CHECKPOINT_HELP = "a kdlab checkpoint, or a run directory (the model its summary reports: averaged.pt, " \
                   "best.pt or last.pt)"
@@ -249,8 +249,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"kdlab: error: {exc.filename or 'a run file'}: no space left on the device; free some space "
               "and run again", file=sys.stderr)
         return 2
+    except RunInterrupted as exc:
+        print(f"kdlab: interrupted; resume with {exc.resume}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
-        print("kdlab: interrupted; resume with kdlab train --resume RUN_DIR", file=sys.stderr)
+        print("kdlab: interrupted", file=sys.stderr)
         return 130
     finally:
         distributed.shutdown()  # under torchrun: leave the process group before the interpreter exits

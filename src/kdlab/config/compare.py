@@ -44,11 +44,11 @@ def first_change(old: Mapping[str, Any], new: Mapping[str, Any], fixed: Sequence
     return None
 
 
-def refuse_resume_change(saved: Mapping[str, Any], new: Mapping[str, Any]) -> None:
+def refuse_resume_change(saved: Mapping[str, Any], new: Mapping[str, Any], where: str = "the run") -> None:
     """Raise the one-line ``ConfigError`` a resume gets when ``new`` changes a key under ``RESUME_FIXED``
-    (and not under ``RESUME_FREE``) of the run's ``saved`` config tree."""
+    (and not under ``RESUME_FREE``) of the run's ``saved`` config tree (``where`` names its source)."""
     change = first_change(saved, new, RESUME_FIXED, RESUME_FREE)
     if change is not None:
         key, old, value = change
-        raise ConfigError(f"{key}: a resumed run cannot change it (the run has {old!r}, this config "
+        raise ConfigError(f"{key}: a resumed run cannot change it ({where} has {old!r}, this config "
                           f"{value!r}); start a new run to train with it")

@@ -18,6 +18,14 @@ class CheckpointError(UserError, ValueError):
     """A checkpoint that cannot be used; the message names the file."""
 
 
+class RunInterrupted(KeyboardInterrupt):
+    """A run stopped by Ctrl-C (or SIGTERM); ``resume`` is the command that continues it."""
+
+    def __init__(self, resume: str) -> None:
+        super().__init__(resume)
+        self.resume = resume
+
+
 class NonFiniteLossError(UserError, FloatingPointError):
     """Training or evaluation produced NaN or infinite values; the message says where."""
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -13,13 +15,17 @@ from torch import nn
 from kdlab.assembly import build_run_data, build_run_distiller, start_runtime
 from kdlab.config.schema import RunConfig
 from kdlab.core import distributed
+from kdlab.core.errors import RunInterrupted
 from kdlab.engine import Callback, Trainer
 from kdlab.engine.averaging import build_averager
 from kdlab.engine.stages import StageClock, plan_stages
 from kdlab.robustness import class_breakdown
-from kdlab.run.rundir import check_resumable, make_run_dir, write_end, write_start
+from kdlab.run.banner import banner
+from kdlab.run.rundir import check_resumable, make_run_dir, run_lock, write_end, write_start
 from kdlab.run.summary import summarize
 from kdlab.run.teacher_cache import CacheReport, attach_teacher_cache
+
+log = logging.getLogger("kdlab")
 
 
 @dataclass
@@ -61,19 +67,29 @@ def train(
         elif distributed.is_main():
             run_dir = make_run_dir(config)
         run_dir = distributed.broadcast_object(run_dir)
-    trainer = Trainer(distiller, data.train, data.val, stages=stages, train=config.train,
-                      device=runtime.device, run_dir=run_dir, callbacks=run_callbacks,
-                      config=config.model_dump(mode="json"), class_breakdown=class_breakdown(config, data))
-    if resume_from is not None:
-        trainer.load_checkpoint(resume_from)
-    else:
-        trainer.enter_stage(0)
-    if run_dir is not None and distributed.is_main():
-        write_start(run_dir, config, data)
+    writes = run_dir is not None and distributed.is_main()
+    with run_lock(run_dir) if writes else contextlib.nullcontext():
+        trainer = Trainer(distiller, data.train, data.val, stages=stages, train=config.train,
+                          device=runtime.device, run_dir=run_dir, callbacks=run_callbacks,
+                          config=config.model_dump(mode="json"),
+                          class_breakdown=class_breakdown(config, data))
+        if resume_from is not None:
+            trainer.load_checkpoint(resume_from)
+        else:
+            trainer.enter_stage(0)
+        if writes:
+            write_start(run_dir, config, data)
+        if distributed.is_main():
+            log.info(banner(config, data, trainer, run_dir))
 
-    started = time.perf_counter()
-    final_val = trainer.fit()
-    summary = summarize(config, trainer, data, final_val, time.perf_counter() - started)
-    if run_dir is not None and distributed.is_main():
-        write_end(run_dir, trainer, summary)
+        started = time.perf_counter()
+        try:
+            final_val = trainer.fit()
+        except KeyboardInterrupt:
+            if run_dir is None:
+                raise
+            raise RunInterrupted(f"kdlab train --resume {run_dir}") from None
+        summary = summarize(config, trainer, data, final_val, time.perf_counter() - started)
+        if writes:
+            write_end(run_dir, trainer, summary)
     return RunResult(run_dir, summary, trainer.distiller.student)

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
+import socket
+from collections.abc import Iterator
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
@@ -18,6 +23,8 @@ from kdlab.engine import Trainer
 from kdlab.engine.selection import FINAL_MODEL_FILE
 from kdlab.engine.trainer import CHECKPOINT_FORMAT
 from kdlab.robustness import save_noisy_labels
+
+LOCK_FILE = ".lock"
 
 
 def make_run_dir(config: RunConfig) -> Path:
@@ -37,13 +44,45 @@ def make_run_dir(config: RunConfig) -> Path:
 
 def check_resumable(config: RunConfig, run_dir: Path) -> Path:
     """The run's ``last.pt``, once ``config`` is known to keep everything a resumed run must keep
-    (``RESUME_FIXED``: its data, models, method, stages and seed) as the run's ``config.yaml`` has it."""
+    (``RESUME_FIXED``: its data, models, method, stages and seed) as the run's ``config.yaml`` has it
+    and as the checkpoint itself recorded it (a hand-edited ``config.yaml`` does not pass)."""
     last = run_dir / "last.pt"
     if not last.is_file():
         raise ConfigError(f"--resume: {last} not found; nothing to resume")
-    saved = validate(read_yaml(run_dir / "config.yaml"), str(run_dir / "config.yaml"))
-    refuse_resume_change(saved.model_dump(mode="json"), config.model_dump(mode="json"))
+    new = config.model_dump(mode="json")
+    yaml_path = run_dir / "config.yaml"
+    refuse_resume_change(validate(read_yaml(yaml_path), str(yaml_path)).model_dump(mode="json"), new,
+                         f"its {yaml_path.name}")
+    stored = checkpoint.load(last).get("config")
+    if not isinstance(stored, dict):
+        raise checkpoint.CheckpointError(f"{last}: not a kdlab checkpoint (no config)")
+    refuse_resume_change(validate(stored, str(last)).model_dump(mode="json"), new,
+                         f"its checkpoint {last} (config.yaml was edited since?)")
     return last
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold ``RUN_DIR/.lock`` (an advisory lock that a killed process releases) for the block; a second
+    process on the same run directory gets one line naming the holder."""
+    path = run_dir / LOCK_FILE
+    with path.open("a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise ConfigError(f"{run_dir}: the run directory is in use by {holder}; wait for it to end or "
+                              "choose another name") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            handle.seek(0)
+            handle.truncate()
 
 
 def write_start(run_dir: Path, config: RunConfig, data: DataBundle) -> None:

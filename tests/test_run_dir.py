@@ -1,0 +1,56 @@
+"""The run directory: a hand-edited config is caught on resume, one process at a time, a banner, the
+resume command after Ctrl-C."""
+
+import json
+import logging
+
+import pytest
+import yaml
+
+from kdlab.cli.main import main
+from kdlab.config import validate
+from kdlab.core.errors import ConfigError, RunInterrupted
+from kdlab.run import train
+from kdlab.run.rundir import run_lock
+
+from .test_train import Interrupt
+
+
+def test_a_hand_edited_config_yaml_is_caught_against_the_checkpoint(digits_config, tmp_path, capsys):
+    config = validate(digits_config(name="edited", train={"epochs": 2}))
+    with pytest.raises(KeyboardInterrupt):
+        train(config, callbacks=[Interrupt(20)])  # past the first epoch's last.pt
+    run_dir = tmp_path / "runs" / "edited"
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    saved["train"]["seed"] = 7
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert main(["train", "--resume", str(run_dir), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("kdlab: error: train.seed: a resumed run cannot change it")
+    assert "last.pt" in err
+
+
+def test_a_second_process_on_the_same_run_directory_is_one_line(tmp_path):
+    with run_lock(tmp_path), pytest.raises(ConfigError, match=r"in use by pid \d+ on "), run_lock(tmp_path):
+        pass
+    with run_lock(tmp_path):  # released when the holder ends
+        pass
+
+
+def test_a_run_prints_a_banner_and_ctrl_c_names_the_resume_command(digits_config, tmp_path, caplog, capsys):
+    with caplog.at_level(logging.INFO, logger="kdlab"), pytest.raises(RunInterrupted) as info:
+        train(validate(digits_config(name="cut", train={"epochs": 2})), callbacks=[Interrupt(3)])
+    run_dir = tmp_path / "runs" / "cut"
+    assert info.value.resume == f"kdlab train --resume {run_dir}"
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("kdlab: run "))
+    assert str(run_dir) in line and "student cnn_tiny (" in line and "train/val/test" in line
+    assert "steps (2 epochs)" in line
+    path = tmp_path / "cut.yaml"
+    path.write_text(json.dumps(digits_config(name="cut2", train={"epochs": 1})))
+    with pytest.MonkeyPatch.context() as patch:
+        def interrupted(self):
+            raise KeyboardInterrupt
+
+        patch.setattr("kdlab.engine.trainer.Trainer.fit", interrupted)
+        assert main(["train", str(path), "--quiet"]) == 130
+    assert f"resume with kdlab train --resume {tmp_path / 'runs' / 'cut2'}" in capsys.readouterr().err
