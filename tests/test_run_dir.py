@@ -10,6 +10,7 @@ import yaml
 from kdlab.cli.main import main
 from kdlab.config import validate
 from kdlab.core.errors import ConfigError, RunInterrupted
+from kdlab.engine.logger import read_metrics
 from kdlab.run import train
 from kdlab.run.rundir import run_lock
 
@@ -54,3 +55,17 @@ def test_a_run_prints_a_banner_and_ctrl_c_names_the_resume_command(digits_config
         patch.setattr("kdlab.engine.trainer.Trainer.fit", interrupted)
         assert main(["train", str(path), "--quiet"]) == 130
     assert f"resume with kdlab train --resume {tmp_path / 'runs' / 'cut2'}" in capsys.readouterr().err
+
+
+def test_a_lowered_learning_rate_on_resume_is_applied(digits_config, tmp_path):
+    base = {"epochs": None, "steps": 30, "eval_every": 10, "log_every": 1}
+    config = validate(digits_config(name="lower", train=base, schedule={"name": "constant"}))
+    with pytest.raises(KeyboardInterrupt):
+        train(config, callbacks=[Interrupt(12)])
+    run_dir = tmp_path / "runs" / "lower"
+    config.optim.lr = 0.001
+    train(config, resume=run_dir)
+    rates = {r["step"]: r["lr"] for r in read_metrics(run_dir) if r["kind"] == "train"}
+    assert rates[10] == pytest.approx(0.05) and rates[11] == pytest.approx(0.001)
+    assert all(rate == pytest.approx(0.001) for step, rate in rates.items() if step > 10)
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["optim"]["lr"] == 0.001

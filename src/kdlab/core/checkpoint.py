@@ -13,8 +13,9 @@ import os
 import random
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -75,26 +76,36 @@ def disk_full_message(path: Path, needed: int) -> str:
             f"free){kept}; free some space and run again")
 
 
-def save_atomic(state: dict[str, Any], path: str | Path) -> None:
-    """Write ``state`` so that ``path`` holds either the previous or the new checkpoint, never half.
-
-    A full disk is a one-line :class:`DiskFullError` naming ``path``; no partial file is left."""
+def write_atomic(path: str | Path, write: Callable[[BinaryIO], None], needed: int) -> None:
+    """Call ``write`` on a temporary file beside ``path``, then rename it to ``path``: ``path`` holds
+    either its previous or its new content, never half. ``needed`` (bytes) sizes the one-line
+    :class:`DiskFullError` of a full disk; no partial file is left."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, umask_mode())
         with os.fdopen(fd, "wb") as handle:
-            torch.save(state, handle)
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
-        needed = tensor_bytes(state)
         if out_of_space(exc, path.parent, needed):
             raise DiskFullError(disk_full_message(path, needed)) from None
         raise
+
+
+def save_atomic(state: dict[str, Any], path: str | Path) -> None:
+    """``torch.save(state)`` to ``path`` atomically (see :func:`write_atomic`)."""
+    write_atomic(path, lambda handle: torch.save(state, handle), tensor_bytes(state))
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """``text`` to ``path`` atomically (see :func:`write_atomic`)."""
+    data = text.encode()
+    write_atomic(path, lambda handle: handle.write(data), len(data))
 
 
 def remove_stale_temps(folder: str | Path) -> list[Path]:

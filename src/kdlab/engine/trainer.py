@@ -436,15 +436,29 @@ class Trainer:
                 f"{path}: the run is at step {self.step}, past this config's budget of {self.total_steps}")
         self.enter_stage(self.clock.stage_of(self.step))
         if state["stage"] == self.stage_index:
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
-            self.scaler.load_state_dict(state["scaler"])
+            self._restore_optimization(state)
         checkpoint.set_rng_state(state["rng"])
         self.best = state["best"]
         self.train_time = state["train_time"]
         self.images_seen = state["images_seen"]
         for callback in self.callbacks:
             callback.load_state_dict(state["callbacks"].get(callback.name, {}))
+
+    def _restore_optimization(self, state: dict[str, Any]) -> None:
+        """The optimizer's, schedule's and grad scaler's state from ``state``, under this config's
+        hyper-parameters: a resume that changes ``optim`` or ``schedule`` trains with the new values
+        (the restored state alone would keep the old ones while ``config.yaml`` says the new)."""
+        fresh = [{k: v for k, v in group.items() if k != "params"} for group in self.optimizer.param_groups]
+        base_lrs = list(self.scheduler.base_lrs)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.scheduler.base_lrs = base_lrs
+        step = self.scheduler.last_epoch
+        factors = self.scheduler.lr_lambdas
+        rates = [base * factor(step) for base, factor in zip(base_lrs, factors, strict=True)]
+        for group, settings, rate in zip(self.optimizer.param_groups, fresh, rates, strict=True):
+            group.update(settings, lr=rate)
 
     @property
     def images_per_second(self) -> float:

@@ -87,7 +87,7 @@ def run_lock(run_dir: Path) -> Iterator[None]:
 
 def write_start(run_dir: Path, config: RunConfig, data: DataBundle) -> None:
     """What a run directory holds from the start: the resolved config and the labels it trains on."""
-    (run_dir / "config.yaml").write_text(dump_config(config))
+    checkpoint.write_text_atomic(run_dir / "config.yaml", dump_config(config))
     save_noisy_labels(data, run_dir)
 
 
@@ -99,4 +99,4 @@ def write_end(run_dir: Path, trainer: Trainer, summary: dict[str, Any]) -> None:
                  "format": CHECKPOINT_FORMAT, "selection": asdict(trainer.selection)}
         checkpoint.save_atomic(state, run_dir / FINAL_MODEL_FILE)
     summary["checkpoint"] = trainer.selection.result_name(run_dir)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    checkpoint.write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
