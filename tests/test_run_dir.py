@@ -10,7 +10,9 @@ import yaml
 from kdlab.cli.main import main
 from kdlab.config import validate
 from kdlab.core.errors import ConfigError, RunInterrupted
+from kdlab.data.domains import DOMAIN_SETS
 from kdlab.engine.logger import read_metrics
+from kdlab.protocols.dg import table as dg_table
 from kdlab.run import train
 from kdlab.run.rundir import run_lock
 
@@ -69,3 +71,23 @@ def test_a_lowered_learning_rate_on_resume_is_applied(digits_config, tmp_path):
     assert rates[10] == pytest.approx(0.05) and rates[11] == pytest.approx(0.001)
     assert all(rate == pytest.approx(0.001) for step, rate in rates.items() if step > 10)
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["optim"]["lr"] == 0.001
+
+
+def test_an_averaged_run_reports_the_online_student_beside_the_average(digits_config):
+    ema = {"strategy": "ema", "params": {"decay": 0.9}}
+    averaged = train(validate(digits_config(name="ema", averaging=ema, train={"epochs": 1})))
+    plain = train(validate(digits_config(name="plain", train={"epochs": 1})))
+    assert averaged.summary["model"] == "averaged" and averaged.summary["result"] == "test_last"
+    online = averaged.summary["online_test_last"]
+    assert online["n"] == averaged.summary["test_last"]["n"]
+    assert online["nll"] != averaged.summary["test_last"]["nll"]
+    assert "online_test_last" not in plain.summary
+
+
+def test_the_dg_table_has_an_online_student_row_for_averaged_configs():
+    spec = DOMAIN_SETS.get("pacs")
+    lines = [{"config": "wakd", "target": 0, "test_acc": 80.0, "online_test_acc": 78.0},
+             {"config": "kd", "target": 0, "test_acc": 75.0, "online_test_acc": None}]
+    rows = dg_table(lines, spec, [0]).splitlines()
+    assert rows[2].startswith("| wakd | 80.0") and rows[3].startswith("| wakd (online student) | 78.0")
+    assert rows[4].startswith("| kd | 75.0") and len(rows) == 5

@@ -182,6 +182,7 @@ def result_line(run: RunSpec, spec: DomainSet) -> dict[str, Any] | None:
         "test_acc": summary[reported]["top1"],
         "test_last": summary["test_last"]["top1"],
         "test_selected": summary["test_selected"]["top1"],
+        "online_test_acc": (summary.get("online_test_last") or {}).get("top1"),
         "val_selected": (summary.get("selected") or {}).get("value"),
         "averaged_steps": [averaging.get("first_step"), averaging.get("last_step")] if averaging else None,
         "steps": summary["steps"],
@@ -201,19 +202,27 @@ def _mean_err(values: Sequence[float]) -> str:
     return f"{mean:.1f} ± {err:.1f}"
 
 
+def _row(label: str, lines: Sequence[dict[str, Any]], key: str, targets: Sequence[int]) -> list[str]:
+    """One table row: the ``key`` accuracy per target domain (mean ± s.e. over seeds) and their mean."""
+    cells, means = [], []
+    for t in targets:
+        values = [x[key] for x in lines if x["target"] == t]
+        cells.append(_mean_err(values) if values else "-")
+        if values:
+            means.append(sum(values) / len(values))
+    return [label, *cells, f"{sum(means) / len(means):.1f}" if len(means) == len(targets) else "-"]
+
+
 def table(lines: Sequence[dict[str, Any]], spec: DomainSet, targets: Sequence[int]) -> str:
     """A DomainBed-style markdown table: configs x target domains (mean ± s.e. over seeds) and Avg."""
     labels = list(dict.fromkeys(line["config"] for line in lines))
     header = ["Config", *(spec.domains[t] for t in targets), "Avg"]
     rows = []
     for label in labels:
-        cells, means = [], []
-        for t in targets:
-            values = [x["test_acc"] for x in lines if x["config"] == label and x["target"] == t]
-            cells.append(_mean_err(values) if values else "-")
-            if values:
-                means.append(sum(values) / len(values))
-        rows.append([label, *cells, f"{sum(means) / len(means):.1f}" if len(means) == len(targets) else "-"])
+        rows.append(_row(label, [x for x in lines if x["config"] == label], "test_acc", targets))
+        if any(x.get("online_test_acc") is not None for x in lines if x["config"] == label):
+            online = [x for x in lines if x["config"] == label and x.get("online_test_acc") is not None]
+            rows.append(_row(f"{label} (online student)", online, "online_test_acc", targets))
     out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     out += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(out)

@@ -109,6 +109,7 @@ def result_record(job: Job, summary: dict[str, Any], study_dir: Path) -> dict[st
         "run_dir": os.path.relpath(study_dir / "runs" / job.id, study_dir),
         "test_last": summary.get("test_last"),
         "test_selected": summary.get("test_selected"),
+        "online_test_last": summary.get("online_test_last"),
         "val_last": summary.get("val_last"),
         "selected": summary.get("selected"),
         "classes": summary.get("classes"),

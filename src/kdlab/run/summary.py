@@ -15,8 +15,10 @@ from kdlab.robustness import corruption_summary
 def summarize(config: RunConfig, trainer: Trainer, data: DataBundle, final_val: dict[str, dict[str, float]],
               wall: float) -> dict[str, Any]:
     """Test metrics of the result's model (``trainer.selection``) in its last and its validation-selected
-    state, the run's costs, what each callback reports, and, for a method whose evaluations compare
-    against a reference (a teacher ensemble's mean prediction), that reference's test metrics."""
+    state (and, when the result is not the online student, a weight average say, the online student's
+    last test metrics beside them as ``online_test_last``), the run's costs, what each callback
+    reports, and, for a method whose evaluations compare against a reference (a teacher ensemble's mean
+    prediction), that reference's test metrics."""
     selection = trainer.selection
     test_last = trainer.evaluate(trainer.result_model(), data.test)
     test_selected = test_last
@@ -24,6 +26,9 @@ def summarize(config: RunConfig, trainer: Trainer, data: DataBundle, final_val: 
         with trainer.selected_model() as model:
             test_selected = trainer.evaluate(model, data.test)
     student = trainer.distiller.student
+    online = {}
+    if selection.model != "student":
+        online["online_test_last"] = trainer.evaluate(student, data.test)
     summary: dict[str, Any] = {
         "method": config.method.name,
         "model": selection.model,
@@ -34,6 +39,7 @@ def summarize(config: RunConfig, trainer: Trainer, data: DataBundle, final_val: 
         "selected": trainer.best,
         "test_last": test_last,
         "test_selected": test_selected,
+        **online,
         "student_params": sum(p.numel() for p in student.parameters()),
         "extra_params": trainer.distiller.extra_parameter_count(),
         "train_time_s": round(trainer.train_time, 3),
