@@ -5,6 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
+from kdlab.core.errors import ConfigError
 from kdlab.data import DatasetNotFoundError, build_data
 from kdlab.data.domains import DOMAIN_SETS, BalancedPlan, read_domains, split_domain
 from kdlab.data.domains.mnist import rotate
@@ -147,3 +148,24 @@ def test_bad_domain_options_are_named(mnist_root):
     with pytest.raises(ValueError, match="label noise and class imbalance are not supported"):
         build_data({"name": "rotated_mnist", "root": mnist_root, "noise": {"rate": 0.2},
                     **options(batch_size=5)})
+
+
+def test_decoded_folder_domains_are_augmented_on_the_device_as_configured(tmp_path):
+    write_domain_folders(tmp_path, "pacs")
+
+    def first_epoch(augment):
+        bundle = build_data({"name": "pacs", "root": tmp_path / "PACS", "image_size": 16, "augment": augment,
+                             "options": {"test_domains": ["S"]}, **options()})
+        bundle.train.set_epoch(0)
+        return list(bundle.train)
+
+    plain, augmented, again = first_epoch("none"), first_epoch("default"), first_epoch("default")
+    assert all(torch.equal(a.indices, b.indices) for a, b in zip(plain, augmented, strict=True))
+    assert not all(torch.equal(a.inputs, b.inputs) for a, b in zip(plain, augmented, strict=True))
+    assert all(torch.equal(a.inputs, b.inputs) for a, b in zip(augmented, again, strict=True))
+
+
+def test_mnist_domains_refuse_standard_augmentation(mnist_root):
+    with pytest.raises(ConfigError, match="data.augment: RotatedMNIST is not augmented"):
+        build_data({"name": "rotated_mnist", "root": mnist_root, "augment": "standard",
+                    "options": {"test_domains": ["75"]}, **options(batch_size=5)})

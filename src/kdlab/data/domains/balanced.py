@@ -22,9 +22,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Sampler
 
 from kdlab.core.errors import ConfigError
-from kdlab.data.augment import Normalize
+from kdlab.data.augment import CropFlip, Normalize, crop_flip
 from kdlab.data.batch import Batch
-from kdlab.data.order import derive_seed
+from kdlab.data.order import derive_seed, epoch_generator
 from kdlab.data.raw import Split
 from kdlab.data.samples import SampleDataset
 from kdlab.data.transforms import Transform
@@ -32,6 +32,9 @@ from kdlab.data.transforms import Transform
 SEED_RANGE = 2**62
 BALANCED_STREAM = 31
 
+
+#: the stream id of the decoded path's augmentation draws (apart from the batch order's)
+AUGMENT_STREAM = 1
 
 class BalancedPlan:
     """The per-step sample positions of one rank for domains of ``sizes`` samples."""
@@ -97,18 +100,21 @@ class DomainBalancedSource:
     """A :class:`~kdlab.data.batch.BatchSource` of domain-balanced training batches.
 
     ``train`` is the concatenated source in-parts, ``sizes`` their lengths in order. Decoded images
-    are kept on ``device`` and indexed; file-based ones go through a DataLoader with ``transform``.
+    are kept on ``device``, indexed and, with ``augment``, randomly cropped and flipped there (draws
+    seeded by (seed, epoch) on each rank); file-based ones go through a DataLoader with ``transform``.
     """
 
     def __init__(self, train: Split, sizes: Sequence[int], *, batch_size: int, mean: Sequence[float],
                  std: Sequence[float], device: torch.device | str, seed: int = 0,
-                 transform: Transform | None = None, rank: int = 0, world_size: int = 1,
-                 num_workers: int = 2) -> None:
+                 transform: Transform | None = None, augment: CropFlip | None = None, rank: int = 0,
+                 world_size: int = 1, num_workers: int = 2) -> None:
         self.plan = BalancedPlan(sizes, batch_size, seed, rank, world_size)
         self.num_samples = len(train)
         self.device = torch.device(device)
         self.normalize = Normalize(mean, std, self.device)
         self.epoch = 0
+        self.seed = seed
+        self.augment = augment
         self.loader: DataLoader | None = None
         if train.decoded:
             self.images = train.images.to(self.device)
@@ -135,7 +141,11 @@ class DomainBalancedSource:
                             indices.to(self.device, non_blocking=True))
             return
         positions, _ = self.plan.epoch(self.epoch)
+        draws = epoch_generator(derive_seed(self.seed, AUGMENT_STREAM), self.epoch)
         for idx in positions:
             idx = idx.to(self.device, non_blocking=True)
             images = self.images.index_select(0, idx)
+            if self.augment is not None:
+                top, left, flip = (d.to(self.device) for d in self.augment.draw(len(idx), draws))
+                images = crop_flip(images, top, left, flip, self.augment.padding)
             yield Batch(self.normalize(images), self.targets.index_select(0, idx), idx)

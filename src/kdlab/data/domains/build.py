@@ -15,7 +15,8 @@ MNIST variants are built and capped; the in/out split follows ``split_seed``) an
 Folder datasets train with DomainBed's augmentation (RandomResizedCrop(scale ``crop_scale``, default
 0.7-1; WAKD's KD runs use torchvision's 0.08-1), horizontal flip, ColorJitter 0.3, RandomGrayscale 0.1)
 and evaluate on images resized to ``image_size`` (224); with ``image_size <= 64`` they are decoded up
-front and, like the MNIST variants, not augmented.
+front and augmented on the device with a random crop (zero padding of an eighth of the side) and a
+horizontal flip, unless ``augment: none``. The MNIST variants are not augmented, as in DomainBed.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any, Literal
 from torchvision.transforms import v2
 
 from kdlab.core.errors import ConfigError
+from kdlab.data.augment import CropFlip
 from kdlab.data.build import DataBundle, LoaderSettings
 from kdlab.data.domains.balanced import DomainBalancedSource
 from kdlab.data.domains.catalog import DOMAIN_SETS, DomainSet
@@ -126,12 +128,18 @@ def build_domain_data(
                           "<= 64 or use 'auto'")
     train_tf = None
     eval_tf = None
+    crop = None
     if not train.decoded:
         eval_tf = domainbed_eval_transform(size)
         train_tf = eval_tf if s.augment == "none" else domainbed_train_transform(size, crop_scale)
+    elif spec.kind == "folder" and s.augment != "none":
+        crop = CropFlip(max(1, min(shape[1:]) // 8), flip=True)
+    elif s.augment == "standard":
+        raise ConfigError(f"data.augment: {spec.title} is not augmented (as in DomainBed: flips and crops "
+                          "would change its domains); use 'default' or 'none'")
     common = s.source_kwargs(norm_mean, norm_std)
     train_src = DomainBalancedSource(train, [len(p) for p in train_parts], batch_size=s.batch_size,
-                                     transform=train_tf, num_workers=s.num_workers, **common)
+                                     transform=train_tf, augment=crop, num_workers=s.num_workers, **common)
 
     def eval_source(split: Split):
         if split.decoded:
