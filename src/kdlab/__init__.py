@@ -1,8 +1,9 @@
 """kdlab: knowledge distillation for image classifiers.
 
 Public API: :func:`distill` (five-line distillation), :func:`train` (a run from a :class:`RunConfig`),
-:func:`load_config`, :class:`Trainer`, :class:`Distiller` with :func:`register_method`,
-:func:`build_model`, :func:`build_data`, :class:`Callback`. Names are imported on first use, so
+:func:`load_config`, :class:`Trainer`, :class:`Distiller` (whose ``distill(batch, step)`` receives a
+:class:`StepContext`) with :func:`register_method`, :func:`build_model`, :func:`build_data` (a data
+section and a :class:`Runtime`), :class:`Callback`. Names are imported on first use, so
 ``import kdlab`` stays cheap and subpackages import independently.
 """
 
@@ -23,6 +24,8 @@ _EXPORTS = {
     "Distiller": "kdlab.methods",
     "DistillOutput": "kdlab.methods",
     "register_method": "kdlab.methods",
+    "StepContext": "kdlab.methods",
+    "Runtime": "kdlab.core.runtime",
     "FeatureTaps": "kdlab.models",
     "build_model": "kdlab.models",
     "stage_preset": "kdlab.models",

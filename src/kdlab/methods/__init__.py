@@ -7,7 +7,7 @@ method is adding a file.
 import importlib
 import pkgutil
 
-from kdlab.methods.base import DistillContext, Distiller, DistillOutput
+from kdlab.methods.base import DistillContext, Distiller, DistillOutput, StageInfo, StepContext
 from kdlab.methods.kd import kd_loss
 from kdlab.methods.registry import METHODS, build_distiller, register_method
 
@@ -19,6 +19,8 @@ __all__ = [
     "DistillContext",
     "DistillOutput",
     "Distiller",
+    "StageInfo",
+    "StepContext",
     "build_distiller",
     "kd_loss",
     "register_method",

@@ -87,6 +87,12 @@ def resolve_parts(params: ComposedParams) -> dict[str, tuple[type[Distiller], Ba
     return resolved
 
 
+def part_term_names(resolved: Mapping[str, tuple[type[Distiller], BaseModel, dict[str, float]]]
+                    ) -> dict[str, dict[str, str]]:
+    """For each part label, its terms' names in the composed method (see :func:`namespaced`)."""
+    return namespaced({label: weights for label, (_, _, weights) in resolved.items()})
+
+
 @register_method("composed")
 class Composed(Distiller):
     """The sum of several methods' weighted terms, with one student and one teacher forward per step."""
@@ -98,7 +104,7 @@ class Composed(Distiller):
                  context: DistillContext, **norms: Any) -> None:
         super().__init__(student, teacher, params, context, **norms)
         resolved = resolve_parts(params)
-        self.names = namespaced({label: weights for label, (_, _, weights) in resolved.items()})
+        self.names = part_term_names(resolved)
         weights = self.weights
         parts = {}
         for label, (method, part_params, _) in resolved.items():
@@ -110,7 +116,7 @@ class Composed(Distiller):
     @classmethod
     def term_defaults(cls, params: ComposedParams) -> dict[str, float]:
         resolved = resolve_parts(params)
-        names = namespaced({label: weights for label, (_, _, weights) in resolved.items()})
+        names = part_term_names(resolved)
         return {names[label][term]: weight for label, (_, _, weights) in resolved.items()
                 for term, weight in weights.items()}
 
