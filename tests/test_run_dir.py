@@ -5,11 +5,14 @@ import json
 import logging
 
 import pytest
+import torch
 import yaml
 
+from kdlab.assembly import build_run_distiller
 from kdlab.cli.main import main
 from kdlab.config import validate
 from kdlab.core.errors import ConfigError, RunInterrupted
+from kdlab.data import build_data
 from kdlab.data.domains import DOMAIN_SETS
 from kdlab.engine.logger import read_metrics
 from kdlab.protocols.dg import table as dg_table
@@ -91,3 +94,26 @@ def test_the_dg_table_has_an_online_student_row_for_averaged_configs():
     rows = dg_table(lines, spec, [0]).splitlines()
     assert rows[2].startswith("| wakd | 80.0") and rows[3].startswith("| wakd (online student) | 78.0")
     assert rows[4].startswith("| kd | 75.0") and len(rows) == 5
+
+
+def test_a_teacher_from_a_run_brings_the_normalization_it_was_trained_with(digits_config, tmp_path):
+    teacher = train(validate(digits_config(name="teacher", student={"name": "cnn_small"},
+                                           data={"mean": [0.5], "std": [0.25]}, train={"epochs": 1})))
+    section = {"name": "cnn_small", "checkpoint": str(teacher.run_dir)}
+    student = train(validate(digits_config(name="kd", method={"name": "kd"}, teacher=section,
+                                           train={"epochs": 1})), write=False)
+    assert student.summary["steps"] > 0
+    data_mean, data_std = 0.3053, 0.3758  # the student's digits normalization
+    distiller = build_run_distiller(validate(digits_config(teacher=section)), digits_data())
+    assert distiller.renormalizes
+    torch.testing.assert_close(distiller.teacher_input_scale.flatten(), torch.tensor([data_std / 0.25]))
+    shift = torch.tensor([(data_mean - 0.5) / 0.25])
+    torch.testing.assert_close(distiller.teacher_input_shift.flatten(), shift)
+    explicit = {**section, "mean": [0.1], "std": [0.2]}
+    with pytest.raises(ConfigError, match=r"teacher.mean: \[0.1\]/\[0.2\] differ from the normalization its "
+                                          r"weights were trained with, \[0.5\]/\[0.25\]"):
+        build_run_distiller(validate(digits_config(teacher=explicit)), digits_data())
+
+
+def digits_data():
+    return build_data({"name": "digits", "batch_size": 64, "val_fraction": 0.2})

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from kdlab.assembly.networks import build_network, normalization
+from kdlab.assembly.networks import build_network, normalization, teacher_normalization
 from kdlab.config.schema import ModelConfig, RunConfig
 from kdlab.core.errors import ConfigError
 from kdlab.data import DataBundle
@@ -26,7 +26,7 @@ def build_teacher(config: ModelConfig, data: DataBundle, key: str) -> nn.Module:
 
 def build_teacher_ensemble(configs: Sequence[ModelConfig], data: DataBundle) -> TeacherEnsemble:
     """The ``teachers`` list as one frozen ensemble; every member must expect the same normalization."""
-    if len({repr(normalization(c, data)) for c in configs}) > 1:
+    if len({repr(teacher_normalization(c, data, f"teachers.{i}")) for i, c in enumerate(configs)}) > 1:
         raise ConfigError("teachers: every teacher must expect the same input normalization (mean/std)")
     return TeacherEnsemble([build_teacher(member, data, f"teachers.{i}") for i, member in enumerate(configs)])
 
@@ -44,7 +44,8 @@ def build_run_distiller(config: RunConfig, data: DataBundle, *, student: nn.Modu
         num_train_samples=data.train.num_samples, student_name=config.student.name,
         teacher_name=config.teacher.name if config.teacher else "+".join(t.name for t in config.teachers),
     )
-    teacher_config = config.teacher or next(iter(config.teachers), None)
+    teacher_config, teacher_key = (config.teacher, "teacher") if config.teacher else \
+        (next(iter(config.teachers), None), "teachers.0")
     return build_distiller(config.method, student, teacher, context,
                            student_norm=normalization(config.student, data),
-                           teacher_norm=normalization(teacher_config, data))
+                           teacher_norm=teacher_normalization(teacher_config, data, teacher_key))

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from torch import nn
 
-from kdlab.assembly.weights import load_model_weights
+from kdlab.assembly.weights import load_model_weights, result_checkpoint
 from kdlab.config.schema import ModelConfig
+from kdlab.core import checkpoint
 from kdlab.core.errors import ConfigError
 from kdlab.core.registry import UnknownNameError
-from kdlab.data import DataBundle
-from kdlab.models import ModelError, build_model, probe_forward
+from kdlab.data import DATASETS, DataBundle
+from kdlab.models import ModelError, build_model, probe_forward, torchvision_zoo
 from kdlab.models.batchnorm import freeze_batchnorm
 from kdlab.models.surgery import WeightFileError
 
@@ -45,15 +47,64 @@ def check_input_shape(model: nn.Module, shape: Sequence[int], key: str) -> None:
                           ) from None
 
 
-def normalization(config: ModelConfig | None, data: DataBundle) -> tuple[list[float], list[float]]:
-    """The input mean/std the model of ``config`` expects (default: the data's)."""
-    if config is None or config.mean is None:
+def normalization(config: ModelConfig | None, data: DataBundle, key: str = "student",
+                  trained: tuple[list[float], list[float]] | None = None) -> tuple[list[float], list[float]]:
+    """The input mean/std the model of section ``key`` expects: its ``mean``/``std``, else ``trained``
+    (what its weights were trained with), else the data's; an explicit setting that contradicts
+    ``trained`` is one line."""
+    if config is None:
         return list(data.mean), list(data.std)
-    if config.std is None:
-        raise ConfigError("a model's 'mean' needs its 'std' too")
+    if config.mean is None:
+        mean, std = trained or (list(data.mean), list(data.std))
+    elif config.std is None:
+        raise ConfigError(f"{key}.mean: a model's 'mean' needs its 'std' too")
+    else:
+        mean, std = list(config.mean), list(config.std)
+        if trained is not None and not _close(trained, (mean, std)):
+            raise ConfigError(f"{key}.mean: {mean}/{std} differ from the normalization its weights were "
+                              f"trained with, {trained[0]}/{trained[1]}; remove {key}.mean/std to use those")
     channels = data.input_shape[0]
-    if len(config.mean) != channels or len(config.std) != channels:
-        raise ConfigError(f"a model's mean/std have {len(config.mean)}/{len(config.std)} values for the "
+    if len(mean) != channels or len(std) != channels:
+        raise ConfigError(f"{key}.mean: the model's mean/std have {len(mean)}/{len(std)} values for the "
                           f"data's {channels} channels")
-    return config.mean, config.std
+    return mean, std
+
+
+def teacher_normalization(config: ModelConfig | None, data: DataBundle, key: str
+                          ) -> tuple[list[float], list[float]]:
+    """A teacher's input mean/std: as :func:`normalization`, with the statistics its weights were
+    trained with (:func:`trained_normalization`) in place of the data's."""
+    trained = trained_normalization(config, key) if config is not None else None
+    return normalization(config, data, key, trained)
+
+
+def _close(a: tuple[list[float], list[float]], b: tuple[list[float], list[float]]) -> bool:
+    return all(len(x) == len(y) and all(abs(u - v) < 1e-6 for u, v in zip(x, y, strict=True))
+               for x, y in zip(a, b, strict=True))
+
+
+def trained_normalization(config: ModelConfig, key: str) -> tuple[list[float], list[float]] | None:
+    """The normalization the weights of ``config`` were trained with, when they say: a kdlab run's
+    (its student's ``mean``/``std``, else its data's, else its dataset's defaults) or torchvision's
+    default weights'; None for random weights, plain state_dict files and statistics a run computed
+    from its own images."""
+    if config.checkpoint is not None:
+        state = checkpoint.load(result_checkpoint(config.checkpoint, f"{key}.checkpoint"))
+        run = state.get("config")
+        return run_normalization(run) if isinstance(run, dict) else None
+    if config.pretrained is True and config.name.startswith(torchvision_zoo.PREFIX):
+        return torchvision_zoo.weights_normalization(config.name.removeprefix(torchvision_zoo.PREFIX))
+    return None
+
+
+def run_normalization(run: dict[str, Any]) -> tuple[list[float], list[float]] | None:
+    """The input normalization a kdlab run (its saved config tree) trained its student with."""
+    for section in (run.get("student") or {}, run.get("data") or {}):
+        if section.get("mean") is not None and section.get("std") is not None:
+            return list(section["mean"]), list(section["std"])
+    name = (run.get("data") or {}).get("name")
+    spec = DATASETS.get(name) if isinstance(name, str) and name in DATASETS else None
+    if spec is not None and spec.mean is not None:
+        return list(spec.mean), list(spec.std)
+    return None
 

@@ -61,6 +61,12 @@ def default_weights(name: str) -> tv_models.WeightsEnum:
     return weights
 
 
+def weights_normalization(name: str) -> tuple[list[float], list[float]]:
+    """The input mean/std of torchvision model ``name``'s default weights (read from their metadata)."""
+    transform = tv_models.get_model_weights(name).DEFAULT.transforms()
+    return list(transform.mean), list(transform.std)
+
+
 def build_torchvision(
     name: str,
     num_classes: int,

@@ -58,6 +58,9 @@ def run_signature(config: RunConfig, data: DataBundle, distiller: Distiller) -> 
         "normalization": {"data": [list(data.mean), list(data.std)],
                           "teacher": [teacher.mean, teacher.std] if teacher is not None else None},
     }
+    if distiller.renormalizes:
+        signature["teacher_input_map"] = [distiller.teacher_input_scale.flatten().tolist(),
+                                          distiller.teacher_input_shift.flatten().tolist()]
     if members:
         signature["members"] = members
     if cache.features:
