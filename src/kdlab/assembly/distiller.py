@@ -33,8 +33,10 @@ def build_teacher_ensemble(configs: Sequence[ModelConfig], data: DataBundle) -> 
 
 def build_run_distiller(config: RunConfig, data: DataBundle, *, student: nn.Module | None = None,
                         teacher: nn.Module | None = None) -> Distiller:
-    """The run's distiller: student, teacher(s) and method from the config (given modules win)."""
+    """The run's distiller: student, teacher(s) and method from the config (given modules win; a given
+    teacher expects the config's ``mean``/``std``, else the data's)."""
     student = student if student is not None else build_network(config.student, data, "student")
+    given_teacher = teacher is not None
     if teacher is None and config.teacher is not None:
         teacher = build_teacher(config.teacher, data, "teacher")
     if teacher is None and config.teachers:
@@ -48,4 +50,5 @@ def build_run_distiller(config: RunConfig, data: DataBundle, *, student: nn.Modu
         (next(iter(config.teachers), None), "teachers.0")
     return build_distiller(config.method, student, teacher, context,
                            student_norm=normalization(config.student, data),
-                           teacher_norm=teacher_normalization(teacher_config, data, teacher_key))
+                           teacher_norm=normalization(teacher_config, data, teacher_key) if given_teacher
+                           else teacher_normalization(teacher_config, data, teacher_key))
