@@ -31,5 +31,5 @@ def evaluate_checkpoint(location: str | Path, overrides: Sequence[str] = (),
         if source is None:
             raise checkpoint.CheckpointError(f"{saved.path}: the run has no {split} split "
                                              "(data.val_fraction=0)")
-        results[split] = evaluate_model(saved.model, source, precision)
+        results[split] = evaluate_model(saved.model, source, precision, top_k=saved.config.train.top_k)
     return results

@@ -214,6 +214,9 @@ class TrainConfig(Section):
     per_class: Literal["auto", "on", "off"] = Field(
         "auto", description="per-class (and, under data.imbalance, many/medium/few) top-1 in every "
                             "evaluation; auto: on when data.noise or data.imbalance is set")
+    top_k: list[Annotated[int, Field(ge=2)]] = Field(
+        default_factory=lambda: [5], description="top-k accuracies in every evaluation besides top-1 "
+                                                 "(top5 by default)")
 
 
     @field_validator("device")

@@ -1,6 +1,7 @@
 """Classification metrics accumulated as sums, so they reduce exactly across batches and DDP ranks.
 
-- top-1 accuracy (%),
+- top-1 accuracy (%), and top-k for each k of ``top_k`` (the true class among the k largest logits; a
+  class tied with the true class's logit does not push it out),
 - NLL: mean negative log-likelihood of the true class,
 - ECE: expected calibration error with equal-width confidence bins (Guo et al., 2017; 15 bins),
   ``sum_b |B_b|/N * |acc(B_b) - conf(B_b)|``, in %.
@@ -47,8 +48,9 @@ class ClassificationMeter:
     """Accumulates top-1, NLL and ECE statistics from logits; ``compute`` reduces across ranks."""
 
     def __init__(self, num_bins: int = 15, device: torch.device | str = "cpu",
-                 breakdown: ClassBreakdown | None = None) -> None:
+                 breakdown: ClassBreakdown | None = None, top_k: Sequence[int] = (5,)) -> None:
         self.num_bins = num_bins
+        self.top_k = tuple(top_k)
         self.breakdown = breakdown
         self.class_stats = torch.zeros(2, breakdown.num_classes if breakdown else 0, dtype=torch.float64,
                                        device=device)
@@ -61,6 +63,7 @@ class ClassificationMeter:
         self.agree = torch.zeros_like(self.count)
         self.kl = torch.zeros_like(self.count)
         self.nonfinite = torch.zeros_like(self.count)
+        self.top_k_correct = torch.zeros(len(self.top_k), dtype=torch.float64, device=device)
         self.referenced = False
 
     @torch.no_grad()
@@ -72,7 +75,11 @@ class ClassificationMeter:
         hit = (predicted == targets).double()
         self.count += targets.numel()
         self.correct += hit.sum()
-        self.nll -= log_probs.gather(1, targets[:, None]).double().sum()
+        true_log_prob = log_probs.gather(1, targets[:, None])
+        self.nll -= true_log_prob.double().sum()
+        if self.top_k:
+            rank = (log_probs > true_log_prob).sum(dim=1)
+            self.top_k_correct += torch.stack([(rank < k).double().sum() for k in self.top_k])
         bins = (confidence * self.num_bins).long().clamp_(max=self.num_bins - 1)
         self.bin_count.index_add_(0, bins, torch.ones_like(confidence))
         self.bin_conf.index_add_(0, bins, confidence)
@@ -88,18 +95,21 @@ class ClassificationMeter:
 
     def compute(self) -> dict[str, float]:
         totals = torch.stack([self.count, self.correct, self.nll, self.agree, self.kl, self.nonfinite])
-        stats = torch.cat([totals, self.bin_count, self.bin_conf, self.bin_correct])
+        stats = torch.cat([totals, self.bin_count, self.bin_conf, self.bin_correct, self.top_k_correct])
         stats = distributed.all_reduce_sum(stats)
         count, correct, nll, agree, kl, nonfinite = stats[:6]
-        bin_count, bin_conf, bin_correct = stats[6:].view(3, self.num_bins)
+        bin_count, bin_conf, bin_correct = stats[6:6 + 3 * self.num_bins].view(3, self.num_bins)
+        top_k_correct = stats[6 + 3 * self.num_bins:]
         if count == 0:
             raise ValueError("no samples were evaluated")
         if nonfinite > 0:
             raise NonFiniteLossError(f"the model gave NaN or infinite outputs for {int(nonfinite)} of "
                                      f"{int(count)} evaluation samples: training diverged")
         ece = (bin_conf - bin_correct).abs().sum() / count
+        top_k = zip(self.top_k, top_k_correct, strict=True)
         result = {
             "top1": float(100.0 * correct / count),
+            **{f"top{k}": float(100.0 * hits / count) for k, hits in top_k},
             "nll": float(nll / count),
             "ece": float(100.0 * ece),
             "n": int(count),
@@ -137,23 +147,23 @@ def better(metric: str, new: float, old: float | None) -> bool:
 def evaluate_model(model: nn.Module, data: BatchSource, precision: Precision,
                    memory_format: torch.memory_format = torch.contiguous_format,
                    reference: Callable[[Tensor], Tensor] | None = None,
-                   breakdown: ClassBreakdown | None = None) -> dict[str, float]:
-    """Top-1, NLL and ECE of ``model`` over one pass of ``data``, reduced across DDP ranks; with a
-    ``reference`` (inputs -> logits), also agreement with it and the KL from it; with a ``breakdown``,
-    per-class (and per-group) top-1."""
+                   breakdown: ClassBreakdown | None = None, top_k: Sequence[int] = (5,)) -> dict[str, float]:
+    """Top-1 (and top-k for each of ``top_k``), NLL and ECE of ``model`` over one pass of ``data``,
+    reduced across DDP ranks; with a ``reference`` (inputs -> logits), also agreement with it and the KL
+    from it; with a ``breakdown``, per-class (and per-group) top-1."""
     with eval_mode(model):
         return evaluate_logits(model, data, precision, next(model.parameters()).device, memory_format,
-                               reference, breakdown)
+                               reference, breakdown, top_k)
 
 
 @torch.no_grad()
 def evaluate_logits(predict: Callable[[Tensor], Tensor], data: BatchSource, precision: Precision,
                     device: torch.device, memory_format: torch.memory_format = torch.contiguous_format,
                     reference: Callable[[Tensor], Tensor] | None = None,
-                    breakdown: ClassBreakdown | None = None) -> dict[str, float]:
+                    breakdown: ClassBreakdown | None = None, top_k: Sequence[int] = (5,)) -> dict[str, float]:
     """:func:`evaluate_model` for any ``predict`` (inputs -> logits), e.g. a teacher ensemble's
     prediction ``log mean_i softmax(z_i)``; the caller sets the modes of the models behind it."""
-    meter = ClassificationMeter(device=device, breakdown=breakdown)
+    meter = ClassificationMeter(device=device, breakdown=breakdown, top_k=top_k)
     data.set_epoch(0)
     for batch in data:
         inputs = batch.inputs

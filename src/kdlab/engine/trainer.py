@@ -314,7 +314,8 @@ class Trainer:
         """Top-1, NLL and ECE of ``model`` on ``data`` (reduced across DDP ranks), and agreement and KL
         with the distiller's ``eval_reference()`` when it has one."""
         return evaluate_model(model, data, self.precision, self.memory_format,
-                              reference=self.distiller.eval_reference(), breakdown=self.class_breakdown)
+                              reference=self.distiller.eval_reference(), breakdown=self.class_breakdown,
+                              top_k=self.cfg.top_k)
 
     def _evaluate_and_save(self) -> None:
         results: dict[str, dict[str, float]] = {}

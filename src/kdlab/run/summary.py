@@ -51,7 +51,8 @@ def summarize(config: RunConfig, trainer: Trainer, data: DataBundle, final_val: 
     reference = trainer.distiller.eval_reference()
     if reference is not None:
         summary["reference_test"] = evaluate_logits(reference, data.test, trainer.precision, trainer.device,
-                                                    trainer.memory_format, breakdown=trainer.class_breakdown)
+                                                    trainer.memory_format, breakdown=trainer.class_breakdown,
+                                                    top_k=config.train.top_k)
     summary.update(corruption_summary(data, trainer.class_breakdown))
     for callback in trainer.callbacks:
         described = callback.describe()
