@@ -22,6 +22,30 @@ def test_cosine_with_warmup_and_floor():
     assert lr_factor(config, 10, 10, 0.1) == pytest.approx(0.01)
 
 
+def test_step_poly_and_onecycle_schedules():
+    step = ScheduleConfig(name="step", step_size=3, gamma=0.5)
+    assert [lr_factor(step, e, 10, 0.1) for e in (0, 2.9, 3, 6.5)] == [1.0, 1.0, 0.5, 0.25]
+    poly = ScheduleConfig(name="poly", power=2.0, min_lr=0.01)
+    assert lr_factor(poly, 0, 10, 0.1) == pytest.approx(1.0)
+    assert lr_factor(poly, 5, 10, 0.1) == pytest.approx(0.1 + 0.9 * 0.25)
+    assert lr_factor(poly, 10, 10, 0.1) == pytest.approx(0.1)
+    cycle = ScheduleConfig(name="onecycle", pct_start=0.25, div_factor=10, final_div_factor=100)
+    assert lr_factor(cycle, 0, 8, 0.1) == pytest.approx(0.1)
+    assert lr_factor(cycle, 1, 8, 0.1) == pytest.approx(0.1 + 0.9 * 0.5)  # half-way up (cosine)
+    assert lr_factor(cycle, 2, 8, 0.1) == pytest.approx(1.0)
+    assert lr_factor(cycle, 8, 8, 0.1) == pytest.approx(0.1 / 100)
+    with pytest.raises(ValueError, match="step_size"):
+        ScheduleConfig(name="step")
+    with pytest.raises(ValueError, match="unset warmup"):
+        ScheduleConfig(name="onecycle", warmup=1)
+
+
+def test_warmup_applies_to_every_schedule():
+    for name in ("multistep", "cosine", "poly", "constant"):
+        config = ScheduleConfig(name=name, warmup=2, warmup_start_factor=0.1)
+        assert lr_factor(config, 1, 10, 0.1) == pytest.approx(0.55)
+
+
 def test_scheduler_steps_per_iteration():
     model = torch.nn.Linear(2, 2)
     optimizer = build_optimizer(model, OptimConfig(lr=1.0))

@@ -152,13 +152,29 @@ class OptimConfig(Section):
 
 
 class ScheduleConfig(Section):
-    name: Literal["multistep", "cosine", "constant"] = "multistep"
+    """The learning-rate schedule, applied every step; epochs (or steps, for a step budget) count it."""
+
+    name: Literal["multistep", "step", "cosine", "poly", "onecycle", "constant"] = "multistep"
     milestones: list[Annotated[float, Field(ge=0)]] = Field(
         default_factory=list, description="in epochs (or steps if step-based)")
-    gamma: Real32 = Field(0.1, gt=0, description="multistep: the lr is multiplied by gamma at each milestone")
+    gamma: Real32 = Field(0.1, gt=0, description="multistep/step: the lr is multiplied by gamma at each "
+                                                  "milestone / every step_size")
+    step_size: float | None = Field(None, gt=0, description="step: epochs (or steps) between decays")
+    power: float = Field(0.9, gt=0, description="poly: lr * (1 - t)^power, t the share of the schedule done")
+    pct_start: float = Field(0.3, gt=0, lt=1, description="onecycle: share of the run spent rising")
+    div_factor: float = Field(25.0, gt=1, description="onecycle: the start lr is lr / div_factor")
+    final_div_factor: float = Field(1e4, gt=1, description="onecycle: the end lr is start lr / this")
     warmup: float = Field(0.0, ge=0, description="linear warm-up length in epochs (or steps)")
     warmup_start_factor: float = Field(0.01, gt=0, le=1)
     min_lr: Real32 = Field(0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _settings_apply(self) -> ScheduleConfig:
+        if self.name == "step" and self.step_size is None:
+            raise ValueError("schedule 'step' needs step_size (epochs, or steps, between decays)")
+        if self.name == "onecycle" and self.warmup:
+            raise ValueError("schedule 'onecycle' rises over pct_start of the run itself; unset warmup")
+        return self
 
 
 class StageConfig(Section):

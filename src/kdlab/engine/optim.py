@@ -50,12 +50,30 @@ def lr_factor(config: ScheduleConfig, progress: float, total: float, base_lr: fl
     if config.name == "multistep":
         passed = sum(1 for m in config.milestones if math.floor(progress) >= m)
         return config.gamma**passed
+    if config.name == "step":
+        return config.gamma ** math.floor(progress / config.step_size)
+    if config.name == "onecycle":
+        return one_cycle(config, min(progress / max(total, 1e-12), 1.0))
+    span = max(total - config.warmup, 1e-12)
+    t = min(max(progress - config.warmup, 0.0) / span, 1.0)
+    floor = config.min_lr / base_lr
     if config.name == "cosine":
-        span = max(total - config.warmup, 1e-12)
-        t = min(max(progress - config.warmup, 0.0) / span, 1.0)
-        floor = config.min_lr / base_lr
         return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * t))
+    if config.name == "poly":
+        return floor + (1.0 - floor) * (1.0 - t) ** config.power
     return 1.0
+
+
+def one_cycle(config: ScheduleConfig, t: float) -> float:
+    """Smith's one-cycle policy with cosine phases (as torch's ``OneCycleLR``): from ``1/div_factor`` up to
+    1 over the first ``pct_start`` of the run, then down to ``1/(div_factor * final_div_factor)``."""
+    start = 1.0 / config.div_factor
+    end = start / config.final_div_factor
+    if t < config.pct_start:
+        high, low, phase = 1.0, start, t / config.pct_start
+    else:
+        high, low, phase = end, 1.0, (t - config.pct_start) / (1.0 - config.pct_start)
+    return high + (low - high) * 0.5 * (1.0 + math.cos(math.pi * phase))
 
 
 def build_scheduler(
