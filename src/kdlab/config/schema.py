@@ -206,6 +206,14 @@ class StageConfig(Section):
         return self
 
 
+class EarlyStoppingConfig(Section):
+    """Stop a run whose validation metric stopped improving (``kdlab.engine.early_stopping``)."""
+
+    patience: int = Field(..., gt=0, description="evaluations without improvement before the run stops")
+    min_delta: float = Field(0.0, ge=0, description="the smallest change that counts as an improvement")
+    metric: Literal["top1", "nll", "ece"] | None = Field(None, description="default: train.select_metric")
+
+
 class TrainConfig(Section):
     epochs: int | None = Field(None, gt=0)
     steps: int | None = Field(None, gt=0, description="step budget (instead of epochs)")
@@ -230,6 +238,8 @@ class TrainConfig(Section):
     per_class: Literal["auto", "on", "off"] = Field(
         "auto", description="per-class (and, under data.imbalance, many/medium/few) top-1 in every "
                             "evaluation; auto: on when data.noise or data.imbalance is set")
+    early_stopping: EarlyStoppingConfig | None = Field(
+        None, description="stop after this many evaluations without a better validation metric")
     top_k: list[Annotated[int, Field(ge=2)]] = Field(
         default_factory=lambda: [5], description="top-k accuracies in every evaluation besides top-1 "
                                                  "(top5 by default)")

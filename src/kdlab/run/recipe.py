@@ -18,6 +18,7 @@ from kdlab.core import distributed
 from kdlab.core.errors import RunInterrupted
 from kdlab.engine import Callback, Trainer
 from kdlab.engine.averaging import build_averager
+from kdlab.engine.early_stopping import EarlyStopping
 from kdlab.engine.stages import StageClock, plan_stages
 from kdlab.robustness import class_breakdown
 from kdlab.run.banner import banner
@@ -57,8 +58,10 @@ def train(
         clock = StageClock(stages, len(data.train))
         replay.require(clock.data_epoch(clock.total_steps - 1)[0] + 1)
     averager = build_averager(config.averaging, bn_source=data.train)
+    stopping = config.train.early_stopping
     run_callbacks = [*callbacks, *([averager] if averager is not None else []),
-                     *([CacheReport(replay)] if replay is not None else [])]
+                     *([CacheReport(replay)] if replay is not None else []),
+                     *([EarlyStopping(stopping, config.train.select_metric)] if stopping is not None else [])]
 
     run_dir = None
     if write:
