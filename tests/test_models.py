@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import sys
+import time
 import urllib.error
 
 import pytest
@@ -271,3 +272,33 @@ def test_he_normal_init_draws_fan_out_convolutions_and_the_linear_policy(linear)
     else:
         assert fc.weight.std().item() == pytest.approx((1 / (3 * 400)) ** 0.5, rel=0.02)  # U(+-1/sqrt(400))
     assert fc.bias.any() == (linear == "default")
+
+
+def test_timm_pretrained_offline_is_one_line_without_retries(monkeypatch, tmp_path) -> None:
+    pytest.importorskip("timm")
+    hub = pytest.importorskip("huggingface_hub")
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the hub was asked")
+
+    monkeypatch.setattr(hub, "hf_hub_download", no_network)
+    monkeypatch.setattr(hub, "try_to_load_from_cache", lambda repo, filename: None)
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path))
+    started = time.perf_counter()
+    with pytest.raises(ValueError, match=r"not on this machine \(kdlab downloads nothing\): put the file "
+                                         r"model.safetensors of Hugging Face repository 'timm/resnet18"):
+        build_model("timm:resnet18", num_classes=10, pretrained=True)
+    assert time.perf_counter() - started < 5
+
+
+def test_timm_pretrained_weights_in_the_local_cache_are_used(monkeypatch, tmp_path) -> None:
+    timm = pytest.importorskip("timm")
+    hub = pytest.importorskip("huggingface_hub")
+    reference = timm.create_model("resnet18", num_classes=1000)
+    weights = tmp_path / "pytorch_model.bin"
+    torch.save(reference.state_dict(), weights)
+    monkeypatch.setattr(hub, "try_to_load_from_cache",
+                        lambda repo, filename: str(weights) if filename == "pytorch_model.bin" else None)
+    model = build_model("timm:resnet18", num_classes=10, pretrained=True)
+    torch.testing.assert_close(model.conv1.weight, reference.conv1.weight)
+    assert model.fc.out_features == 10
