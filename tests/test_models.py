@@ -12,6 +12,8 @@ import torch
 import torchvision
 from torch import nn
 
+from kdlab.assembly.networks import trained_normalization
+from kdlab.config.schema import ModelConfig
 from kdlab.core.registry import UnknownNameError
 from kdlab.models import (
     FeatureTaps,
@@ -302,3 +304,12 @@ def test_timm_pretrained_weights_in_the_local_cache_are_used(monkeypatch, tmp_pa
     model = build_model("timm:resnet18", num_classes=10, pretrained=True)
     torch.testing.assert_close(model.conv1.weight, reference.conv1.weight)
     assert model.fc.out_features == 10
+
+
+def test_pretrained_teachers_bring_their_weights_statistics() -> None:
+    pytest.importorskip("timm")
+    imagenet = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    for name in ("torchvision:resnet18", "timm:resnet18"):
+        mean, std = trained_normalization(ModelConfig(name=name, pretrained=True), "teacher")
+        assert mean == pytest.approx(imagenet[0]) and std == pytest.approx(imagenet[1])
+    assert trained_normalization(ModelConfig(name="timm:resnet18"), "teacher") is None

@@ -13,7 +13,7 @@ from kdlab.core import checkpoint
 from kdlab.core.errors import ConfigError
 from kdlab.core.registry import UnknownNameError
 from kdlab.data import DATASETS, DataBundle
-from kdlab.models import ModelError, build_model, probe_forward, torchvision_zoo
+from kdlab.models import ModelError, build_model, probe_forward, timm_zoo, torchvision_zoo
 from kdlab.models.batchnorm import freeze_batchnorm
 from kdlab.models.surgery import WeightFileError
 
@@ -85,8 +85,8 @@ def _close(a: tuple[list[float], list[float]], b: tuple[list[float], list[float]
 
 def trained_normalization(config: ModelConfig, key: str) -> tuple[list[float], list[float]] | None:
     """The normalization the weights of ``config`` were trained with, when they say: a kdlab run's
-    (its student's ``mean``/``std``, else its data's, else its dataset's defaults) or torchvision's
-    default weights'; None for random weights, plain state_dict files and statistics a run computed
+    (its student's ``mean``/``std``, else its data's, else its dataset's defaults) or torchvision's or
+    timm's default weights'; None for random weights, plain state_dict files and statistics a run computed
     from its own images."""
     if config.checkpoint is not None:
         state = checkpoint.load(result_checkpoint(config.checkpoint, f"{key}.checkpoint"))
@@ -94,6 +94,8 @@ def trained_normalization(config: ModelConfig, key: str) -> tuple[list[float], l
         return run_normalization(run) if isinstance(run, dict) else None
     if config.pretrained is True and config.name.startswith(torchvision_zoo.PREFIX):
         return torchvision_zoo.weights_normalization(config.name.removeprefix(torchvision_zoo.PREFIX))
+    if config.pretrained is True and config.name.startswith(timm_zoo.PREFIX):
+        return timm_zoo.weights_normalization(config.name.removeprefix(timm_zoo.PREFIX))
     return None
 
 

@@ -38,6 +38,12 @@ def classifier_path(model: nn.Module) -> str:
     return head if isinstance(head, str) and isinstance(names.get(head), nn.Linear) else last_linear(model)
 
 
+def weights_normalization(name: str) -> tuple[list[float], list[float]]:
+    """The input mean/std of timm model ``name``'s default pretrained weights (their pretrained config)."""
+    cfg = _timm().models.get_pretrained_cfg(name)
+    return list(cfg.mean), list(cfg.std)
+
+
 def cached_weights(timm: ModuleType, name: str) -> str:
     """The local file of timm model ``name``'s default pretrained weights: in the Hugging Face hub cache
     (where timm keeps them) or torch's hub cache (older timm). Nothing is downloaded: weights in neither
