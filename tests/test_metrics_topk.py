@@ -1,4 +1,6 @@
-"""Top-k accuracy beside top-1 in every evaluation."""
+"""Top-k accuracy beside top-1 in every evaluation, and the run's summary.csv."""
+
+import csv
 
 import pytest
 import torch
@@ -7,6 +9,8 @@ from kdlab.config import validate
 from kdlab.engine.logger import read_metrics
 from kdlab.engine.metrics import ClassificationMeter
 from kdlab.run import train
+
+from .test_train import Interrupt
 
 
 def test_top_k_counts_the_true_class_among_the_k_largest_logits():
@@ -30,3 +34,19 @@ def test_every_evaluation_reports_top5_by_default_and_the_configured_k(digits_co
     assert {"top2", "top3"} <= set(other.summary["test_last"]) and "top5" not in other.summary["test_last"]
     with pytest.raises(ValueError, match="top_k"):
         validate(digits_config(train={"top_k": [1]}))
+
+
+def test_summary_csv_has_one_row_per_evaluation_and_follows_a_resume(digits_config, tmp_path):
+    ema = {"strategy": "ema", "params": {"decay": 0.9}}
+    config = validate(digits_config(name="csv", averaging=ema, train={"epochs": 3}))
+    with pytest.raises(KeyboardInterrupt):
+        train(config, callbacks=[Interrupt(20)])
+    run_dir = tmp_path / "runs" / "csv"
+    train(config, resume=run_dir)
+    with (run_dir / "summary.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    steps = sorted({r["step"] for r in read_metrics(run_dir) if r["kind"] == "eval"})
+    assert [int(row["step"]) for row in rows] == steps and len(steps) == 3
+    columns = {"lr", "train_loss", "student_top1", "student_top5", "averaged_top1", "averaged_nll"}
+    assert columns <= set(rows[0])
+    assert all(float(row["student_top5"]) >= float(row["student_top1"]) for row in rows)

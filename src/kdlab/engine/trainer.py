@@ -35,6 +35,7 @@ from kdlab.engine.precision import resolve_precision
 from kdlab.engine.progress import Console
 from kdlab.engine.selection import ResultSelection, choose_selection
 from kdlab.engine.stages import Stage, StageClock
+from kdlab.engine.summary_csv import write_summary_csv
 from kdlab.methods.base import Distiller, DistillOutput, StageInfo, StepContext, weighted_sum
 
 CHECKPOINT_FORMAT = 1
@@ -330,6 +331,8 @@ class Trainer:
             for callback in self.callbacks:
                 callback.on_evaluate(self, results)
             self._update_best(results)
+            if self.is_main and self.run_dir is not None:
+                write_summary_csv(self.run_dir)
         diagnostics = self.distiller.diagnostics()
         if diagnostics:
             self.logger.log("method", self.step, stage=self.stage.name, epoch=round(self.epoch, 4),
