@@ -89,9 +89,8 @@ def trained_normalization(config: ModelConfig, key: str) -> tuple[list[float], l
     timm's default weights'; None for random weights, plain state_dict files and statistics a run computed
     from its own images."""
     if config.checkpoint is not None:
-        state = checkpoint.load(result_checkpoint(config.checkpoint, f"{key}.checkpoint"))
-        run = state.get("config")
-        return run_normalization(run) if isinstance(run, dict) else None
+        run = checkpoint.read_config(result_checkpoint(config.checkpoint, f"{key}.checkpoint"))
+        return run_normalization(run) if run is not None else None
     if config.pretrained is True and config.name.startswith(torchvision_zoo.PREFIX):
         return torchvision_zoo.weights_normalization(config.name.removeprefix(torchvision_zoo.PREFIX))
     if config.pretrained is True and config.name.startswith(timm_zoo.PREFIX):

@@ -11,8 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from kdlab import __version__
-from kdlab.config.compare import refuse_resume_change
-from kdlab.config.load import load_config, read_yaml, validate
+from kdlab.config.load import load_config
 from kdlab.core import distributed
 from kdlab.core.checkpoint import NO_SPACE
 from kdlab.core.errors import ConfigError, RunInterrupted, UserError
@@ -29,8 +28,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         saved = Path(args.resume) / "config.yaml"
         overrides = ([args.config] if args.config else []) + list(args.overrides)
         config = load_config(saved, overrides)
-        refuse_resume_change(validate(read_yaml(saved), str(saved)).model_dump(mode="json"),
-                             config.model_dump(mode="json"))
     elif args.config is None:
         raise ConfigError("kdlab train: give a CONFIG file, or --resume RUN_DIR")
     else:

@@ -116,17 +116,25 @@ def remove_stale_temps(folder: str | Path) -> list[Path]:
     return stale
 
 
-def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load(path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict[str, Any]:
+    """A checkpoint file's dict; with ``mmap`` its tensors are memory-mapped, read only when used."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as exc:  # any unreadable file is one user-facing error
         raise CheckpointError(f"{path}: not a readable kdlab checkpoint ({type(exc).__name__})") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: not a kdlab checkpoint (expected a dict)")
     return state
+
+
+def read_config(path: str | Path) -> dict[str, Any] | None:
+    """The run config a checkpoint records (None for a plain state_dict file), without reading its
+    tensors."""
+    config = load(path, mmap=True).get("config")
+    return config if isinstance(config, dict) else None
 
 
 #: what a resumable checkpoint holds: each entry's name and the types it may have

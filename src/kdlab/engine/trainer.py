@@ -368,8 +368,7 @@ class Trainer:
         """The state of the result's model (``selection.model``), keyed like the distiller's student."""
         if self.selection.model == "student":
             return self.distiller.state_dict()
-        model = self.eval_models()[self.selection.model]
-        return {f"student.{k}": v for k, v in model.state_dict().items()}
+        return {f"student.{k}": v for k, v in self.result_model().state_dict().items()}
 
     @property
     def selected_is_last(self) -> bool:

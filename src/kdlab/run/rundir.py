@@ -53,8 +53,8 @@ def check_resumable(config: RunConfig, run_dir: Path) -> Path:
     yaml_path = run_dir / "config.yaml"
     refuse_resume_change(validate(read_yaml(yaml_path), str(yaml_path)).model_dump(mode="json"), new,
                          f"its {yaml_path.name}")
-    stored = checkpoint.load(last).get("config")
-    if not isinstance(stored, dict):
+    stored = checkpoint.read_config(last)
+    if stored is None:
         raise checkpoint.CheckpointError(f"{last}: not a kdlab checkpoint (no config)")
     refuse_resume_change(validate(stored, str(last)).model_dump(mode="json"), new,
                          f"its checkpoint {last} (config.yaml was edited since?)")
