@@ -12,7 +12,7 @@ import yaml
 from kdlab.core.checkpoint import load
 from kdlab.models import build_model
 
-COMPOSED = {"name": "composed", "params": {"parts": [{"name": "kd"}, {"name": "at", "weights": {"ce": 0.0}}]}}
+COMPOSED = {"name": "composed", "params": {"parts": [{"name": "kd"}, {"name": "at", "weights": {"ce": 0.0, "at": 10.0}}]}}
 
 
 def write_config(tmp_path, name, method):
