@@ -12,16 +12,17 @@ import yaml
 from kdlab.core.checkpoint import load
 from kdlab.models import build_model
 
-COMPOSED = {"name": "composed", "params": {"parts": [{"name": "kd"}, {"name": "at", "weights": {"ce": 0.0, "at": 10.0}}]}}
+COMPOSED = {"name": "composed",
+            "params": {"parts": [{"name": "kd"}, {"name": "at", "weights": {"ce": 0.0, "at": 10.0}}]}}
 
 
-def write_config(tmp_path, name, method):
+def write_config(tmp_path, name, method, batchnorm=False, **train):
     config = {
         "data": {"name": "digits", "batch_size": 32, "val_fraction": 0.2, "augment": "none"},
-        "student": {"name": "cnn_tiny", "kwargs": {"batchnorm": False}},
+        "student": {"name": "cnn_tiny", "kwargs": {"batchnorm": batchnorm}},
         "method": method,
         "optim": {"name": "sgd", "lr": 0.1},
-        "train": {"steps": 12, "eval_every": 6, "precision": "fp32", "progress": False},
+        "train": {"steps": 12, "eval_every": 6, "precision": "fp32", "progress": False, **train},
         "out_dir": str(tmp_path),
         "name": name,
     }
@@ -58,3 +59,24 @@ def test_two_gloo_processes_match_one_process(tmp_path, method):
     for split in ("val_last", "test_last"):
         assert ddp_summary[split]["n"] == single_summary[split]["n"] > 0
         assert abs(ddp_summary[split]["top1"] - single_summary[split]["top1"]) < 0.5
+
+
+def test_batchnorm_under_two_processes_uses_the_global_batch_statistics(tmp_path):
+    """With ``train.sync_batchnorm`` (the default) a BatchNorm student trains under 2 gloo processes to
+    the weights and running statistics of one process; without it each process normalizes with its own
+    half batch and the running statistics drift away from one process's."""
+    run([sys.executable, "-m", "kdlab.cli.main", "train",
+         str(write_config(tmp_path, "single", {"name": "ce"}, batchnorm=True)), "--quiet"])
+    for name, sync in (("synced", True), ("local", False)):
+        config = write_config(tmp_path, name, {"name": "ce"}, batchnorm=True, sync_batchnorm=sync)
+        run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+             "-m", "kdlab.cli.main", "train", str(config), "--quiet"])
+    single = load(tmp_path / "single" / "last.pt")["model"]
+    synced = load(tmp_path / "synced" / "last.pt")["model"]
+    local = load(tmp_path / "local" / "last.pt")["model"]
+    running = [key for key in single if key.endswith("running_var")]
+    assert running
+    for key, value in single.items():
+        torch.testing.assert_close(synced[key], value, rtol=1e-4, atol=1e-5, msg=key)
+    drift = max((local[key] - single[key]).abs().max().item() for key in running)
+    assert drift > 1e-3

@@ -224,6 +224,9 @@ class TrainConfig(Section):
         "default", description="torch.compile mode; reduce-overhead adds CUDA graphs (training batches "
                                "are always whole: the last partial batch is dropped)")
     grad_clip: Rate | None = None
+    sync_batchnorm: bool = Field(
+        True, description="under DDP, BatchNorm of the trained modules normalizes with the statistics of "
+                          "the global batch (as one process would), not of each process's share")
     seed: Seed = 0
     deterministic: bool = False
     eval_every: int | None = Field(

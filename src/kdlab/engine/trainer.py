@@ -36,6 +36,7 @@ from kdlab.engine.progress import Console
 from kdlab.engine.selection import ResultSelection, choose_selection
 from kdlab.engine.stages import Stage, StageClock
 from kdlab.engine.summary_csv import write_summary_csv
+from kdlab.engine.sync_batchnorm import sync_batchnorm
 from kdlab.methods.base import Distiller, DistillOutput, StageInfo, StepContext, weighted_sum
 
 CHECKPOINT_FORMAT = 1
@@ -86,6 +87,8 @@ class Trainer:
         self.memory_format = torch.channels_last if train.channels_last else torch.contiguous_format
         if train.channels_last:
             self.distiller.place(memory_format=torch.channels_last)
+        if train.sync_batchnorm and distributed.world_size() > 1:
+            sync_batchnorm(self.distiller, device)
         if train.compile:
             self.distiller.student.compile(mode=train.compile_mode)
             if self.distiller.teacher is not None:
