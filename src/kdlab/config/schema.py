@@ -54,6 +54,8 @@ DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 #: the knobs of each augmentation policy (``data.policy``)
 POLICY_KNOBS = {"randaugment": ("num_ops", "num_magnitude_bins", "magnitude"),
                 "trivialaugment": ("num_magnitude_bins",), "autoaugment": ("autoaugment_policy",)}
+#: torchvision's defaults of those knobs
+POLICY_DEFAULTS = {"num_ops": 2, "num_magnitude_bins": 31, "magnitude": 9, "autoaugment_policy": "imagenet"}
 
 
 class Section(BaseModel):
@@ -95,30 +97,39 @@ class ImbalanceConfig(Section):
 class PolicyConfig(Section):
     """A per-sample augmentation policy of ``torchvision.transforms.v2`` (``kdlab.data.policies``),
     drawn afresh for every image after the crop/flip. A knob that the named policy has no use for is
-    refused, so that a setting is never silently ignored."""
+    refused, so that a setting is never silently ignored; an unset knob takes torchvision's default
+    (``POLICY_DEFAULTS``)."""
 
     name: Literal["randaugment", "trivialaugment", "autoaugment"]
-    num_ops: int = Field(2, gt=0, description="randaugment: operations applied to each image")
-    num_magnitude_bins: int = Field(31, ge=2, description="randaugment, trivialaugment: magnitude bins")
-    magnitude: int = Field(9, ge=0, description="randaugment: the magnitude bin, below num_magnitude_bins")
-    autoaugment_policy: Literal["imagenet", "cifar10", "svhn"] = Field(
-        "imagenet", description="autoaugment: the learned policy table")
+    num_ops: int | None = Field(None, gt=0, description="randaugment: operations applied to each image "
+                                                        "(default 2)")
+    num_magnitude_bins: int | None = Field(None, ge=2, description="randaugment, trivialaugment: magnitude "
+                                                                   "bins (default 31)")
+    magnitude: int | None = Field(None, ge=0, description="randaugment: the magnitude bin, below "
+                                                          "num_magnitude_bins (default 9)")
+    autoaugment_policy: Literal["imagenet", "cifar10", "svhn"] | None = Field(
+        None, description="autoaugment: the learned policy table (default imagenet)")
 
     @field_validator("num_ops", "num_magnitude_bins", "magnitude", "autoaugment_policy")
     @classmethod
     def _applies(cls, value: Any, info: ValidationInfo) -> Any:
         name = info.data.get("name")
-        if name is not None and info.field_name not in POLICY_KNOBS[name]:
+        if value is not None and name is not None and info.field_name not in POLICY_KNOBS[name]:
             raise ValueError(f"does not apply to policy {name!r}, which takes "
                              f"{', '.join(POLICY_KNOBS[name])}")
         return value
 
     @model_validator(mode="after")
     def _magnitude_in_range(self) -> PolicyConfig:
-        if self.name == "randaugment" and self.magnitude >= self.num_magnitude_bins:
-            raise ValueError(f"magnitude {self.magnitude} must be below num_magnitude_bins "
-                             f"{self.num_magnitude_bins}")
+        magnitude, bins = self.setting("magnitude"), self.setting("num_magnitude_bins")
+        if self.name == "randaugment" and magnitude >= bins:
+            raise ValueError(f"magnitude {magnitude} must be below num_magnitude_bins {bins}")
         return self
+
+    def setting(self, knob: str) -> Any:
+        """The knob's value, or its default when unset."""
+        value = getattr(self, knob)
+        return POLICY_DEFAULTS[knob] if value is None else value
 
 
 class ErasingConfig(Section):
@@ -147,14 +158,14 @@ class MixConfig(Section):
     mixup_alpha: Rate | None = Field(None, description="MixUp: lambda ~ Beta(alpha, alpha)")
     cutmix_alpha: Rate | None = Field(None, description="CutMix: lambda ~ Beta(alpha, alpha)")
     prob: float = Field(1.0, gt=0, le=1, description="share of training batches that are mixed")
-    switch_prob: float = Field(0.5, ge=0, le=1, description="with both alphas: share of the mixed batches "
-                                                            "that use CutMix")
+    switch_prob: float | None = Field(None, ge=0, le=1, description="with both alphas: share of the mixed "
+                                                                    "batches that use CutMix (default 0.5)")
 
     @model_validator(mode="after")
     def _some_mix(self) -> MixConfig:
         if self.mixup_alpha is None and self.cutmix_alpha is None:
             raise ValueError("set mixup_alpha, cutmix_alpha or both (each > 0), or remove data.mix")
-        if "switch_prob" in self.model_fields_set and (self.mixup_alpha is None or self.cutmix_alpha is None):
+        if self.switch_prob is not None and (self.mixup_alpha is None or self.cutmix_alpha is None):
             raise ValueError("switch_prob chooses between MixUp and CutMix; it needs both mixup_alpha and "
                              "cutmix_alpha")
         return self

@@ -29,17 +29,20 @@ from kdlab.data.transforms import Transform
 
 #: the stream id of the batch-mixing draws (apart from the epoch's order and augmentation)
 MIX_STREAM = 0x6D6978
+#: with both MixUp and CutMix, the share of mixed batches that use CutMix unless ``switch_prob`` says
+SWITCH_PROB = 0.5
 
 
 def mix_transform(config: MixConfig, num_classes: int) -> Transform:
     """``MixUp`` and/or ``CutMix`` of ``data.mix``: with both, one of them per batch (CutMix with
-    ``switch_prob``); applied to a share ``prob`` of the batches."""
+    ``switch_prob``, 0.5 by default, as torchvision's reference recipe); applied to a share ``prob`` of
+    the batches."""
     choices = [*([v2.MixUp(alpha=config.mixup_alpha, num_classes=num_classes)]
                  if config.mixup_alpha is not None else []),
                *([v2.CutMix(alpha=config.cutmix_alpha, num_classes=num_classes)]
                  if config.cutmix_alpha is not None else [])]
-    mix = choices[0] if len(choices) == 1 else v2.RandomChoice(choices,
-                                                               p=[1 - config.switch_prob, config.switch_prob])
+    switch = SWITCH_PROB if config.switch_prob is None else config.switch_prob
+    mix = choices[0] if len(choices) == 1 else v2.RandomChoice(choices, p=[1 - switch, switch])
     return mix if config.prob == 1 else v2.RandomApply([mix], p=config.prob)
 
 

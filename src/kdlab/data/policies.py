@@ -30,11 +30,11 @@ AUTOAUGMENT_POLICIES = {"imagenet": v2.AutoAugmentPolicy.IMAGENET, "cifar10": v2
 def policy_transform(config: PolicyConfig) -> Transform:
     """The v2 transform of ``data.policy``."""
     if config.name == "randaugment":
-        return v2.RandAugment(num_ops=config.num_ops, magnitude=config.magnitude,
-                              num_magnitude_bins=config.num_magnitude_bins)
+        return v2.RandAugment(num_ops=config.setting("num_ops"), magnitude=config.setting("magnitude"),
+                              num_magnitude_bins=config.setting("num_magnitude_bins"))
     if config.name == "trivialaugment":
-        return v2.TrivialAugmentWide(num_magnitude_bins=config.num_magnitude_bins)
-    return v2.AutoAugment(AUTOAUGMENT_POLICIES[config.autoaugment_policy])
+        return v2.TrivialAugmentWide(num_magnitude_bins=config.setting("num_magnitude_bins"))
+    return v2.AutoAugment(AUTOAUGMENT_POLICIES[config.setting("autoaugment_policy")])
 
 
 def erasing_transform(config: ErasingConfig, mean: Sequence[float]) -> Transform:
