@@ -11,7 +11,7 @@ from kdlab.config.schema import ModelConfig, RunConfig
 from kdlab.core.errors import ConfigError
 from kdlab.data import DataBundle
 from kdlab.ensemble import TeacherEnsemble
-from kdlab.methods import DistillContext, Distiller, build_distiller
+from kdlab.methods import METHODS, DistillContext, Distiller, build_distiller
 
 NEEDS_WEIGHTS = ("a teacher needs trained weights; train one with method.name=ce and pass its run directory "
                  "here")
@@ -48,7 +48,13 @@ def build_run_distiller(config: RunConfig, data: DataBundle, *, student: nn.Modu
     )
     teacher_config, teacher_key = (config.teacher, "teacher") if config.teacher else \
         (next(iter(config.teachers), None), "teachers.0")
-    return build_distiller(config.method, student, teacher, context,
-                           student_norm=normalization(config.student, data),
-                           teacher_norm=normalization(teacher_config, data, teacher_key) if given_teacher
-                           else teacher_normalization(teacher_config, data, teacher_key))
+    distiller = build_distiller(config.method, student, teacher, context,
+                                student_norm=normalization(config.student, data),
+                                teacher_norm=normalization(teacher_config, data, teacher_key) if given_teacher
+                                else teacher_normalization(teacher_config, data, teacher_key))
+    if config.data.mix is not None and not distiller.soft_targets:
+        takers = sorted(name for name in METHODS.names() if METHODS.get(name).soft_targets)
+        raise ConfigError(f"data.mix: method {config.method.name!r} reads the class ids beyond its CE term "
+                          f"(a mixed batch has no single class per image); remove data.mix, or use one of: "
+                          f"{', '.join(takers)}")
+    return distiller

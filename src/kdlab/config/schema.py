@@ -19,6 +19,7 @@ from pydantic import (
     Field,
     PositiveFloat,
     Strict,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -48,6 +49,13 @@ Rate = Annotated[Real32, Field(gt=0)]
 NAME_MAX = 255
 #: the devices a run can train on
 DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+#: the knobs of each augmentation policy (``data.policy``)
+POLICY_KNOBS = {"randaugment": ("num_ops", "num_magnitude_bins", "magnitude"),
+                "trivialaugment": ("num_magnitude_bins",), "autoaugment": ("autoaugment_policy",)}
+#: torchvision's defaults of those knobs
+POLICY_DEFAULTS = {"num_ops": 2, "num_magnitude_bins": 31, "magnitude": 9, "autoaugment_policy": "imagenet"}
 
 
 class Section(BaseModel):
@@ -86,6 +94,83 @@ class ImbalanceConfig(Section):
         "thirds", description="many/medium/few by thirds of classes ranked by count, or >100 / <20 samples")
 
 
+class PolicyConfig(Section):
+    """A per-sample augmentation policy of ``torchvision.transforms.v2`` (``kdlab.data.policies``),
+    drawn afresh for every image after the crop/flip. A knob that the named policy has no use for is
+    refused, so that a setting is never silently ignored; an unset knob takes torchvision's default
+    (``POLICY_DEFAULTS``)."""
+
+    name: Literal["randaugment", "trivialaugment", "autoaugment"]
+    num_ops: int | None = Field(None, gt=0, description="randaugment: operations applied to each image "
+                                                        "(default 2)")
+    num_magnitude_bins: int | None = Field(None, ge=2, description="randaugment, trivialaugment: magnitude "
+                                                                   "bins (default 31)")
+    magnitude: int | None = Field(None, ge=0, description="randaugment: the magnitude bin, below "
+                                                          "num_magnitude_bins (default 9)")
+    autoaugment_policy: Literal["imagenet", "cifar10", "svhn"] | None = Field(
+        None, description="autoaugment: the learned policy table (default imagenet)")
+
+    @field_validator("num_ops", "num_magnitude_bins", "magnitude", "autoaugment_policy")
+    @classmethod
+    def _applies(cls, value: Any, info: ValidationInfo) -> Any:
+        name = info.data.get("name")
+        if value is not None and name is not None and info.field_name not in POLICY_KNOBS[name]:
+            raise ValueError(f"does not apply to policy {name!r}, which takes "
+                             f"{', '.join(POLICY_KNOBS[name])}")
+        return value
+
+    @model_validator(mode="after")
+    def _magnitude_in_range(self) -> PolicyConfig:
+        magnitude, bins = self.setting("magnitude"), self.setting("num_magnitude_bins")
+        if self.name == "randaugment" and magnitude >= bins:
+            raise ValueError(f"magnitude {magnitude} must be below num_magnitude_bins {bins}")
+        return self
+
+    def setting(self, knob: str) -> Any:
+        """The knob's value, or its default when unset."""
+        value = getattr(self, knob)
+        return POLICY_DEFAULTS[knob] if value is None else value
+
+
+class ErasingConfig(Section):
+    """``torchvision.transforms.v2.RandomErasing`` per training image, after the policy: a rectangle of
+    ``scale`` of the image area and aspect ratio in ``ratio`` filled with the normalization mean colour
+    (so that it normalizes to about 0)."""
+
+    p: float = Field(0.25, gt=0, le=1, description="probability that an image gets a rectangle erased")
+    scale: tuple[float, float] = Field((0.02, 0.33), strict=False, description="area share (min, max)")
+    ratio: tuple[float, float] = Field((0.3, 3.3), strict=False, description="aspect ratio (min, max)")
+
+    @model_validator(mode="after")
+    def _ranges(self) -> ErasingConfig:
+        if not 0 < self.scale[0] <= self.scale[1] < 1:
+            raise ValueError(f"scale {list(self.scale)} must be (min, max) with 0 < min <= max < 1")
+        if not 0 < self.ratio[0] <= self.ratio[1]:
+            raise ValueError(f"ratio {list(self.ratio)} must be (min, max) with 0 < min <= max")
+        return self
+
+
+class MixConfig(Section):
+    """Mixup and CutMix of whole training batches (``torchvision.transforms.v2.MixUp``/``CutMix``, on the
+    training device; ``kdlab.data.mixing``); the mixed label distributions are the targets of every CE
+    term. Set ``mixup_alpha``, ``cutmix_alpha`` or both (then each mixed batch uses one of them)."""
+
+    mixup_alpha: Rate | None = Field(None, description="MixUp: lambda ~ Beta(alpha, alpha)")
+    cutmix_alpha: Rate | None = Field(None, description="CutMix: lambda ~ Beta(alpha, alpha)")
+    prob: float = Field(1.0, gt=0, le=1, description="share of training batches that are mixed")
+    switch_prob: float | None = Field(None, ge=0, le=1, description="with both alphas: share of the mixed "
+                                                                    "batches that use CutMix (default 0.5)")
+
+    @model_validator(mode="after")
+    def _some_mix(self) -> MixConfig:
+        if self.mixup_alpha is None and self.cutmix_alpha is None:
+            raise ValueError("set mixup_alpha, cutmix_alpha or both (each > 0), or remove data.mix")
+        if self.switch_prob is not None and (self.mixup_alpha is None or self.cutmix_alpha is None):
+            raise ValueError("switch_prob chooses between MixUp and CutMix; it needs both mixup_alpha and "
+                             "cutmix_alpha")
+        return self
+
+
 class DataConfig(Section):
     """Which dataset, how it is split, batched and augmented."""
 
@@ -107,6 +192,11 @@ class DataConfig(Section):
     options: dict[str, Any] = Field(default_factory=dict, description="dataset-specific options")
     noise: NoiseConfig | None = Field(None, description="label noise on train/val (test stays clean)")
     imbalance: ImbalanceConfig | None = Field(None, description="long-tail train/val (test stays balanced)")
+    policy: PolicyConfig | None = Field(None, description="per-sample RandAugment, TrivialAugmentWide or "
+                                                          "AutoAugment of training images")
+    random_erasing: ErasingConfig | None = Field(None, description="per-sample random erasing of training "
+                                                                   "images")
+    mix: MixConfig | None = Field(None, description="mixup / cutmix of training batches (soft targets)")
 
     @field_validator("root", mode="before")
     @classmethod
@@ -139,6 +229,8 @@ class MethodConfig(Section):
     name: str = "kd"
     weights: dict[str, Weight] = Field(default_factory=dict, description="per loss term; unset = default")
     params: dict[str, Any] = Field(default_factory=dict)
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="label smoothing of every CE term on the "
+                                                                "labels (hard or mixed)")
 
 
 class OptimConfig(Section):

@@ -16,12 +16,20 @@ class Batch(NamedTuple):
     ids and ``indices`` are int64 positions in the split (methods such as CRD key memories by them).
     ``teacher`` holds the teacher's outputs for these inputs when a replayable teacher cache supplies
     them (``"logits"``, and ``"feature0"``, ``"feature1"``, ... for tapped features), else None.
+    ``soft_targets`` are the ``[B, num_classes]`` label distributions of a mixed batch (mixup/cutmix,
+    :mod:`kdlab.data.mixing`), else None; ``targets`` stay each sample's own class id.
     """
 
     inputs: Tensor
     targets: Tensor
     indices: Tensor
     teacher: dict[str, Tensor] | None = None
+    soft_targets: Tensor | None = None
+
+    @property
+    def label_targets(self) -> Tensor:
+        """What a CE term on the labels is taken against: the mixed distributions, else the class ids."""
+        return self.soft_targets if self.soft_targets is not None else self.targets
 
 
 class BatchSource(Protocol):

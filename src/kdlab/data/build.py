@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from torch import Tensor
 
 from kdlab.config.load import explain
-from kdlab.config.schema import DataConfig
+from kdlab.config.schema import DataConfig, ErasingConfig, MixConfig, PolicyConfig
 from kdlab.core.errors import ConfigError
 from kdlab.core.registry import UnknownNameError
 from kdlab.core.runtime import Runtime
@@ -24,6 +24,8 @@ from kdlab.data.catalog import DATASETS, DatasetSpec
 from kdlab.data.corruption import CorruptedSplits, ImbalanceSpec, NoiseSpec, corrupt_splits
 from kdlab.data.loader_source import LoaderBatchSource
 from kdlab.data.memory import check_fits
+from kdlab.data.mixing import MixedBatchSource, mix_transform
+from kdlab.data.policies import sample_transform, then
 from kdlab.data.raw import Split, channel_stats
 from kdlab.data.samples import SampleDataset
 from kdlab.data.splits import split_train_val, take_subset
@@ -102,6 +104,8 @@ class LoaderSettings:
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     drop_last: bool = True
+    policy: PolicyConfig | None = None
+    random_erasing: ErasingConfig | None = None
 
     def source_kwargs(self, mean: tuple[float, ...], std: tuple[float, ...]) -> dict[str, Any]:
         """The keyword arguments that every batch source of these settings takes, with the resolved
@@ -131,7 +135,9 @@ def build_data(config: DataConfig | Mapping[str, Any], runtime: Runtime | None =
     and streams large-image folders through a DataLoader (:class:`LoaderBatchSource`); ``"on"``/``"off"``
     force one path (``"on"`` fails for large-image folders). ``image_size`` resizes decoded datasets,
     or sets the crop size of large-image folders (224 by default). ``mean``/``std`` override the
-    dataset's normalization. ``options`` go to the reader (e.g. ``num_classes``, ``channels``,
+    dataset's normalization. ``policy`` and ``random_erasing`` add per-sample augmentation after the
+    crop/flip (:mod:`kdlab.data.policies`); ``mix`` mixes the training batches on the device
+    (:mod:`kdlab.data.mixing`). ``options`` go to the reader (e.g. ``num_classes``, ``channels``,
     ``num_train``, ``num_test``, ``data_seed`` for ``synthetic``). ``imbalance`` and then ``noise`` corrupt
     the training and validation parts after the validation carve and ``subset``
     (:mod:`kdlab.data.corruption`); the test part stays clean and balanced.
@@ -164,6 +170,7 @@ def build_data(config: DataConfig | Mapping[str, Any], runtime: Runtime | None =
         device_resident=config.device_resident, image_size=config.image_size,
         mean=None if config.mean is None else tuple(config.mean),
         std=None if config.std is None else tuple(config.std),
+        policy=config.policy, random_erasing=config.random_erasing,
     )
     noise = None if config.noise is None else NoiseSpec(**config.noise.model_dump())
     imbalance = None if config.imbalance is None else ImbalanceSpec(**config.imbalance.model_dump())
@@ -171,12 +178,25 @@ def build_data(config: DataConfig | Mapping[str, Any], runtime: Runtime | None =
         if noise is not None or imbalance is not None:
             raise ConfigError(f"data: label noise and class imbalance are not supported for {config.name!r}: "
                               "it builds its own domain splits; remove data.noise and data.imbalance")
+        if config.policy is not None or config.random_erasing is not None:
+            key = "policy" if config.policy is not None else "random_erasing"
+            raise ConfigError(f"data.{key}: per-sample policies are not supported for {config.name!r}, which "
+                              "trains with DomainBed's augmentation; remove data.policy and "
+                              "data.random_erasing")
         check_options(spec.bundle, config, config.root, settings)
-        return spec.bundle(config.root, settings, **config.options)
+        return mixed(spec.bundle(config.root, settings, **config.options), config.mix, settings.seed)
     if spec.needs_root and config.root is None:
         raise ConfigError(f"data.root: dataset {config.name!r} is read from disk: set its root folder")
     check_options(spec.load, config, config.root, image_size=settings.image_size)
-    return _build_split_dataset(spec, config.root, settings, noise, imbalance, config.options)
+    bundle = _build_split_dataset(spec, config.root, settings, noise, imbalance, config.options)
+    return mixed(bundle, config.mix, settings.seed)
+
+
+def mixed(bundle: DataBundle, mix: MixConfig | None, seed: int) -> DataBundle:
+    """``bundle`` with its training batches mixed as ``mix`` says (unchanged when it is None)."""
+    if mix is None:
+        return bundle
+    return replace(bundle, train=MixedBatchSource(bundle.train, mix_transform(mix, bundle.num_classes), seed))
 
 
 def check_options(reader: Callable[..., Any], config: DataConfig, *args: Any, **kwargs: Any) -> None:
@@ -227,9 +247,11 @@ def _build_split_dataset(
     eval_args = {"batch_size": s.eval_batch_size, "shuffle": False, **common}
 
     augmenting = _augments(s.augment, spec)
+    per_sample = sample_transform(s.policy, s.random_erasing, norm_mean)
     if resident:
         crop = _crop_flip(spec, shape) if augmenting else None
-        train_src: BatchSource = TensorBatchSource(train.images, train.targets, augment=crop, **train_args)
+        train_src: BatchSource = TensorBatchSource(train.images, train.targets, augment=crop,
+                                                   policy=per_sample, **train_args)
         val_src = None if val is None else TensorBatchSource(val.images, val.targets, **eval_args)
         test_src: BatchSource = TensorBatchSource(raw.test.images, raw.test.targets, **eval_args)
     else:
@@ -239,6 +261,7 @@ def _build_split_dataset(
         else:
             eval_tf = large_eval_transform(size)
             train_tf = large_train_transform(size) if augmenting else eval_tf
+        train_tf = then(train_tf, per_sample)
 
         def loader(split: Split, transform: Transform | None, args: dict[str, Any]) -> LoaderBatchSource:
             return LoaderBatchSource(SampleDataset(split, transform), num_workers=s.num_workers, **args)

@@ -1,9 +1,11 @@
 """The fast path: a whole uint8 split resident on the training device, batched by indexing.
 
 Order, sharding and augmentation parameters come from :mod:`kdlab.data.order` (a pure function of
-``(seed, epoch)``); crop/flip and normalization run on whole batches on the device. With a replayable
-teacher cache (:meth:`TensorBatchSource.set_replay`) the crop/flip of each sample is read from the cache
-instead, and every batch carries the cached teacher outputs.
+``(seed, epoch)``); crop/flip and normalization run on whole batches on the device, and a per-sample
+policy (:mod:`kdlab.data.policies`) image by image on the device, each image under a seed drawn after
+the crop/flip draws. With a replayable teacher cache (:meth:`TensorBatchSource.set_replay`) the crop/flip
+and policy seed of each sample are read from the cache instead, and every batch carries the cached
+teacher outputs.
 """
 
 from __future__ import annotations
@@ -11,11 +13,14 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 import torch
+import torchvision
 from torch import Tensor
 
 from kdlab.data.augment import CropFlip, Normalize, crop_flip
 from kdlab.data.batch import Batch, Replay
 from kdlab.data.order import Plan, epoch_generator
+from kdlab.data.policies import apply_per_sample, draw_seeds
+from kdlab.data.transforms import Transform
 
 
 class TensorBatchSource:
@@ -39,6 +44,7 @@ class TensorBatchSource:
         shuffle: bool,
         seed: int = 0,
         augment: CropFlip | None = None,
+        policy: Transform | None = None,
         drop_last: bool = False,
         rank: int = 0,
         world_size: int = 1,
@@ -51,6 +57,7 @@ class TensorBatchSource:
         self.images = images.to(device)
         self.targets = targets.to(device=device, dtype=torch.int64)
         self.augment = augment
+        self.policy = policy
         self.seed = seed
         self.device = device
         self.normalize = Normalize(mean, std, device)
@@ -64,28 +71,50 @@ class TensorBatchSource:
         self.epoch = epoch
 
     def augment_spec(self) -> dict[str, object]:
-        """The random augmentation as a teacher cache records it; ``width`` numbers per draw."""
-        if self.augment is None:
-            return {"kind": "none", "width": 0}
-        return {"kind": "crop_flip", "padding": self.augment.padding, "flip": self.augment.flip, "width": 3}
+        """The random augmentation as a teacher cache records it; ``width`` numbers per draw (top, left,
+        flip of the crop/flip, then the policy's seed)."""
+        spec: dict[str, object] = {"kind": "none", "width": 0}
+        if self.augment is not None:
+            spec = {"kind": "crop_flip", "padding": self.augment.padding, "flip": self.augment.flip,
+                    "width": 3}
+        if self.policy is not None:
+            spec.update(policy=repr(self.policy), torchvision=torchvision.__version__,
+                        width=spec["width"] + 1)
+        return spec
+
+    def _draws(self, generator: torch.Generator) -> Tensor | None:
+        """One epoch's augmentation draws indexed by sample id, ``[N, width]`` int32, or None."""
+        drawn = [] if self.augment is None else [d.int() for d in self.augment.draw(self.num_samples,
+                                                                                      generator)]
+        if self.policy is not None:
+            drawn.append(draw_seeds(self.num_samples, generator))
+        return torch.stack(drawn, dim=1) if drawn else None
 
     def draw_by_sample(self, generator: torch.Generator) -> Tensor:
         """One epoch's augmentation draws indexed by sample id, ``[N, width]`` int32 (for a cache)."""
-        if self.augment is None:
-            return torch.zeros(self.num_samples, 0, dtype=torch.int32)
-        return torch.stack([d.int() for d in self.augment.draw(self.num_samples, generator)], dim=1)
+        draws = self._draws(generator)
+        return draws if draws is not None else torch.zeros(self.num_samples, 0, dtype=torch.int32)
 
-    def _view(self, indices: Tensor, draws: Tensor | None) -> Tensor:
+    def _view(self, indices: Tensor, draws: Tensor | None, seeds: list[int] | None) -> Tensor:
+        """Samples ``indices`` cropped/flipped with ``draws`` (on the device) and put through the policy
+        with ``seeds``, normalized."""
         images = self.images.index_select(0, indices)
         if self.augment is not None:
             images = crop_flip(images, draws[:, 0], draws[:, 1], draws[:, 2].bool(), self.augment.padding)
+        if self.policy is not None:
+            images = apply_per_sample(self.policy, images, seeds)
         return self.normalize(images)
+
+    def _seeds(self, draws: Tensor | None) -> list[int] | None:
+        return draws[:, -1].tolist() if self.policy is not None else None
 
     def views(self, indices: Tensor, draws: Tensor, batch_size: int) -> Iterator[Tensor]:
         """Batches of samples ``indices`` augmented with ``draws`` (rows of :meth:`draw_by_sample`)."""
+        seeds = self._seeds(draws)
         indices, draws = indices.to(self.device), draws.to(self.device)
         for start in range(0, len(indices), batch_size):
-            yield self._view(indices[start : start + batch_size], draws[start : start + batch_size])
+            part = slice(start, start + batch_size)
+            yield self._view(indices[part], draws[part], seeds[part] if seeds is not None else None)
 
     def samples(self) -> Tensor:
         """The split's decoded uint8 images (what identifies its samples to a teacher cache)."""
@@ -103,16 +132,19 @@ class TensorBatchSource:
         order = self.plan.order(generator)
         positions = self.plan.positions()
         indices = order[positions].to(self.device, non_blocking=True)
-        draws = None
-        if self.augment is not None:
-            slots = self.plan.sample_slots(positions)
-            drawn = self.augment.draw(self.num_samples, generator)
-            draws = torch.stack([d[slots].int() for d in drawn], dim=1).to(self.device, non_blocking=True)
+        draws = self._draws(generator)
+        seeds = None
+        if draws is not None:
+            draws = draws[self.plan.sample_slots(positions)]
+            seeds = self._seeds(draws)
+            draws = draws.to(self.device, non_blocking=True)
         step = self.plan.rank_batch_size
         for start in range(0, len(indices), step):
-            idx = indices[start : start + step]
-            batch_draws = draws[start : start + step] if draws is not None else None
-            yield Batch(self._view(idx, batch_draws), self.targets.index_select(0, idx), idx)
+            part = slice(start, start + step)
+            idx = indices[part]
+            yield Batch(self._view(idx, draws[part] if draws is not None else None,
+                                   seeds[part] if seeds is not None else None),
+                        self.targets.index_select(0, idx), idx)
 
     def _replayed(self) -> Iterator[Batch]:
         slab = self.replay.load(self.epoch)
@@ -121,5 +153,6 @@ class TensorBatchSource:
         step = self.plan.rank_batch_size
         for start in range(0, len(indices), step):
             idx = indices[start : start + step]
-            yield Batch(self._view(idx, slab.augment_for(idx)), self.targets.index_select(0, idx), idx,
+            draws = slab.augment_for(idx)
+            yield Batch(self._view(idx, draws, self._seeds(draws)), self.targets.index_select(0, idx), idx,
                         slab.teacher(idx))

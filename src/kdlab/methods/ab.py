@@ -81,6 +81,7 @@ class ActivationBoundaries(FeatureDistiller):
     terms = ("ce", "ab")
     default_weights = {"ce": 1.0, "ab": 0.003}
     Params = ABParams
+    soft_targets = True
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None, params: ABParams,
                  context: DistillContext, **norms: object) -> None:
@@ -115,5 +116,5 @@ class ActivationBoundaries(FeatureDistiller):
         else:
             logits = self.run_student(batch.inputs)
         if step.weights["ce"]:
-            losses["ce"] = F.cross_entropy(logits.float(), batch.targets)
+            losses["ce"] = self.label_loss(logits, batch.label_targets)
         return DistillOutput(losses, logits)

@@ -78,6 +78,7 @@ class AttentionTransfer(FeatureDistiller):
     terms = ("ce", "at")
     default_weights = {"ce": 1.0, "at": 1000.0}
     Params = ATParams
+    soft_targets = True
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None, params: ATParams,
                  context: DistillContext, **norms: object) -> None:
@@ -97,5 +98,5 @@ class AttentionTransfer(FeatureDistiller):
         else:
             logits = self.run_student(batch.inputs)
         if step.weights["ce"]:
-            losses["ce"] = F.cross_entropy(logits.float(), batch.targets)
+            losses["ce"] = self.label_loss(logits, batch.label_targets)
         return DistillOutput(losses, logits)

@@ -31,6 +31,7 @@ from kdlab.config.load import explain
 from kdlab.config.schema import RunConfig, StageConfig
 from kdlab.core.errors import ConfigError
 from kdlab.data.batch import Batch
+from kdlab.methods.labels import label_cross_entropy
 from kdlab.models.hooks import FeatureTaps
 
 
@@ -153,6 +154,10 @@ class Distiller(nn.Module):
     #: on the batch's inputs, through :meth:`student_forward` and :meth:`teacher_logits` (or
     #: ``FeatureDistiller.run_models``), and plans no stages of its own
     composable: ClassVar[bool] = False
+    #: whether the method reads the labels only through :meth:`label_loss` (its CE terms), so that a
+    #: mixed batch's soft targets (``data.mix``) reach every term that reads labels; mixup/cutmix are
+    #: refused for a method that also reads the class ids in another way
+    soft_targets: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -165,10 +170,12 @@ class Distiller(nn.Module):
         teacher_norm: tuple[Sequence[float], Sequence[float]] | None = None,
         weights: Mapping[str, float] | None = None,
         owns_student: bool = True,
+        label_smoothing: float = 0.0,
     ) -> None:
         """``weights``: the configured weight of every term (default ``default_weights``).
         ``owns_student=False`` (a part of a composed method): the student is read, not registered as
-        a submodule; the composed method that owns it moves, trains and saves it."""
+        a submodule; the composed method that owns it moves, trains and saves it. ``label_smoothing``:
+        that of every CE term on the labels (``method.label_smoothing``, :meth:`label_loss`)."""
         super().__init__()
         if self.needs_teacher and teacher is None:
             raise ConfigError(f"method {type(self).__name__} needs a teacher: set the 'teacher' section")
@@ -180,6 +187,7 @@ class Distiller(nn.Module):
         self.params = params
         self.context = context
         self.weights: Mapping[str, float] = MappingProxyType(dict(weights or self.default_weights))
+        self.label_smoothing = label_smoothing
         self.frozen = FrozenTeacher(teacher) if teacher is not None else None
         renormalize = None
         if teacher is not None and student_norm is not None and teacher_norm is not None:
@@ -240,6 +248,11 @@ class Distiller(nn.Module):
         """The teacher taps (and their feature shapes) whose features a teacher cache must hold, or None
         for a method that reads no teacher feature."""
         return None
+
+    def label_loss(self, logits: Tensor, targets: Tensor) -> Tensor:
+        """The CE term on the labels: ``logits`` against class ids or a mixed batch's distributions
+        (``Batch.label_targets``), with the method's label smoothing (:mod:`kdlab.methods.labels`)."""
+        return label_cross_entropy(logits, targets, self.label_smoothing)
 
     def batch_teacher_logits(self, batch: Batch) -> Tensor:
         """The teacher's logits for ``batch``: from the teacher cache when the batch carries them."""

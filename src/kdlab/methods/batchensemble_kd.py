@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
-import torch.nn.functional as F
+import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
@@ -58,6 +58,7 @@ class BatchEnsembleKD(EnsembleTeacherMixin, Distiller):
     default_weights = {"ce": 0.0, "kd": 1.0}
     Params = BatchEnsembleKDParams
     select_model: ClassVar[str] = "merged"
+    soft_targets = True
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None, params: BatchEnsembleKDParams,
                  context: DistillContext, **norms: Any) -> None:
@@ -102,14 +103,14 @@ class BatchEnsembleKD(EnsembleTeacherMixin, Distiller):
             return self.student.member_logits(inputs)
 
     def distill(self, batch: Batch, step: StepContext) -> DistillOutput:
-        inputs, targets = self.perturber(batch.inputs, batch.targets, self.teacher_members,
+        inputs, targets = self.perturber(batch.inputs, batch.label_targets, self.teacher_members,
                                          self.student_members)
         teacher = self.batch_teacher_members(batch, inputs)
         student = self.student.member_logits(inputs)
         members = student.shape[0]
         return DistillOutput(
             {
-                "ce": F.cross_entropy(student.flatten(0, 1).float(), targets.repeat(members)),
+                "ce": self.label_loss(student.flatten(0, 1), torch.cat([targets] * members)),
                 "kd": ensemble_kd_loss(student, teacher, self.params.temperature),
             },
             ensemble_log_probs(student),

@@ -179,7 +179,7 @@ class BoundarySupportingSamples(Distiller):
                 bss = self.soft_loss(self.student(attacked), self.teacher_logits(attacked))
         return DistillOutput(
             {
-                "ce": F.cross_entropy(logits.float(), y),
+                "ce": self.label_loss(logits, y),
                 "kd": kd_factor * self.soft_loss(logits, teacher_logits),
                 "bss": bss_factor * bss,
             },

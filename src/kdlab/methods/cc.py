@@ -88,6 +88,7 @@ class CorrelationCongruence(FeatureDistiller):
     terms = ("ce", "cc")
     default_weights = {"ce": 1.0, "cc": 0.02}
     Params = CCParams
+    soft_targets = True
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)
@@ -114,5 +115,5 @@ class CorrelationCongruence(FeatureDistiller):
             cc = cc_repdistiller_loss(student, teacher)
         else:
             cc = cc_loss(student, teacher, p.kernel, p.gamma, p.order, p.distance)
-        return DistillOutput({"ce": F.cross_entropy(out.student_logits.float(), batch.targets), "cc": cc},
+        return DistillOutput({"ce": self.label_loss(out.student_logits, batch.label_targets), "cc": cc},
                              out.student_logits)

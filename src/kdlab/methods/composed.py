@@ -47,6 +47,13 @@ class PartConfig(MethodConfig):
     def key(self) -> str:
         return self.label or self.name
 
+    @model_validator(mode="after")
+    def _smoothing_is_the_methods(self) -> PartConfig:
+        if "label_smoothing" in self.model_fields_set:
+            raise ValueError("label_smoothing applies to every part's CE term: set method.label_smoothing, "
+                             "not a part's")
+        return self
+
 
 class ComposedParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -139,6 +146,11 @@ class Composed(Distiller):
         if kinds.count("features") == 1 and set(kinds) <= {"logits", "features"}:
             return "features"
         return "none"
+
+    @property
+    def soft_targets(self) -> bool:
+        """Whether every part reads the labels only through ``label_loss``."""
+        return all(part.soft_targets for part in self.parts.values())
 
     def teacher_feature_taps(self) -> tuple[FeatureTaps, list[torch.Size]] | None:
         readers = [part for part in self.parts.values() if part.teacher_cache == "features"]

@@ -276,5 +276,5 @@ class ContrastiveRepresentationDistillation(FeatureDistiller):
             crd = crd_infonce_loss(student_logits, valid) + crd_infonce_loss(teacher_logits, valid)
         if self.training:
             self.memory.update(student.detach(), teacher.detach(), batch.indices, batch.targets)
-        return DistillOutput({"ce": F.cross_entropy(out.student_logits.float(), batch.targets), "crd": crd},
+        return DistillOutput({"ce": self.label_loss(out.student_logits, batch.targets), "crd": crd},
                              out.student_logits)

@@ -100,7 +100,7 @@ class DecoupledKD(Distiller):
         dkd = dkd_loss(logits, teacher_logits, batch.targets, p.alpha, p.beta, p.temperature)
         return DistillOutput(
             {
-                "ce": F.cross_entropy(logits.float(), batch.targets),
+                "ce": self.label_loss(logits, batch.targets),
                 "dkd": warmup_factor(step.stage_progress, p.warmup_epochs) * dkd,
             },
             logits,

@@ -66,6 +66,7 @@ class DeepMutualLearning(Distiller):
     default_weights = {"ce": 1.0, "dml": 1.0}
     needs_teacher = False
     Params = DMLParams
+    soft_targets = True
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None, params: DMLParams,
                  context: DistillContext, **norms: object) -> None:
@@ -90,7 +91,7 @@ class DeepMutualLearning(Distiller):
 
     def distill(self, batch: Batch, step: StepContext) -> DistillOutput:
         logits = [self.student(batch.inputs), *(peer(batch.inputs) for peer in self.peers)]
-        ce = sum(F.cross_entropy(z.float(), batch.targets) for z in logits)
+        ce = sum(self.label_loss(z, batch.label_targets) for z in logits)
         return DistillOutput({"ce": ce, "dml": sum(mutual_losses(logits))}, logits[0])
 
     def eval_models(self) -> dict[str, nn.Module]:

@@ -95,6 +95,7 @@ class EnsembleKD(EnsembleTeacherMixin, Distiller):
     terms = ("ce", "kd")
     default_weights = {"ce": 0.0, "kd": 1.0}
     Params = EnsembleKDParams
+    soft_targets = True
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None, params: EnsembleKDParams,
                  context: DistillContext, **norms: Any) -> None:
@@ -103,12 +104,12 @@ class EnsembleKD(EnsembleTeacherMixin, Distiller):
                                         context.input_shape[0])
 
     def distill(self, batch: Batch, step: StepContext) -> DistillOutput:
-        inputs, targets = self.perturber(batch.inputs, batch.targets, self.teacher_members, None)
+        inputs, targets = self.perturber(batch.inputs, batch.label_targets, self.teacher_members, None)
         teacher = self.batch_teacher_members(batch, inputs)
         logits = self.student(inputs)
         return DistillOutput(
             {
-                "ce": F.cross_entropy(logits.float(), targets),
+                "ce": self.label_loss(logits, targets),
                 "kd": ensemble_kd_loss(logits, teacher, self.params.temperature),
             },
             logits,

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
@@ -68,6 +67,7 @@ class FitNet(FeatureDistiller):
     terms = ("ce", "kd", "hint")
     default_weights = {"ce": 1.0, "kd": 0.0, "hint": 0.01}
     Params = FitNetParams
+    soft_targets = True
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None, params: FitNetParams,
                  context: DistillContext, **norms: object) -> None:
@@ -93,5 +93,5 @@ class FitNet(FeatureDistiller):
                                                 out.teacher_features[0])
                 losses["hint"] = hint_loss(regressed, hint, self.params.reduction)
         if w["ce"]:
-            losses["ce"] = F.cross_entropy(logits.float(), batch.targets)
+            losses["ce"] = self.label_loss(logits, batch.label_targets)
         return DistillOutput(losses, logits)

@@ -39,7 +39,6 @@ from collections.abc import Sequence
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdlab.core.errors import ConfigError
@@ -89,6 +88,7 @@ class FSP(FeatureDistiller):
     terms = ("ce", "fsp")
     default_weights = {"ce": 1.0, "fsp": 0.001}
     Params = FSPParams
+    soft_targets = True
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None, params: FSPParams,
                  context: DistillContext, **norms: object) -> None:
@@ -123,5 +123,5 @@ class FSP(FeatureDistiller):
         else:
             logits = self.run_student(batch.inputs)
         if step.weights["ce"]:
-            losses["ce"] = F.cross_entropy(logits.float(), batch.targets)
+            losses["ce"] = self.label_loss(logits, batch.label_targets)
         return DistillOutput(losses, logits)

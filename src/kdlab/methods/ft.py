@@ -107,6 +107,7 @@ class FactorTransfer(FeatureDistiller):
     terms = ("ce", "ft", "reconstruction")
     default_weights = {"ce": 1.0, "ft": 500.0, "reconstruction": 1.0}
     Params = FTParams
+    soft_targets = True
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None, params: FTParams,
                  context: DistillContext, **norms: object) -> None:
@@ -139,5 +140,5 @@ class FactorTransfer(FeatureDistiller):
         else:
             logits = self.run_student(batch.inputs)
         if w["ce"]:
-            losses["ce"] = F.cross_entropy(logits.float(), batch.targets)
+            losses["ce"] = self.label_loss(logits, batch.label_targets)
         return DistillOutput(losses, logits)

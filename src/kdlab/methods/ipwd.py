@@ -253,8 +253,8 @@ class IPWD(_IPWBase):
         logits, features = self.run_student(batch.inputs)
         head_input = self.head_input(features)
         cls_logits = self.cls_head(head_input)
-        losses = {"ce": F.cross_entropy(logits.float(), batch.targets),
-                  "aux": F.cross_entropy(cls_logits.float(), batch.targets)}
+        losses = {"ce": self.label_loss(logits, batch.targets),
+                  "aux": self.label_loss(cls_logits, batch.targets)}
         kd_logits = logits
         if p.kd_head == "aux":
             kd_logits = self.kd_head(head_input)
@@ -311,9 +311,9 @@ class IPWDSelf(_IPWBase):
         log_probs = F.log_softmax(logits.float(), dim=1)
         weights = self.weights_for(logits, cls_logits, batch.targets, targets, step)
         losses = {
-            "ce": (1 - alpha) * F.nll_loss(log_probs, batch.targets),
+            "ce": (1 - alpha) * self.label_loss(logits, batch.targets),
             "sd": alpha * (weights * -(targets * log_probs).sum(dim=1)).mean(),
-            "aux": F.cross_entropy(cls_logits.float(), batch.targets),
+            "aux": self.label_loss(cls_logits, batch.targets),
         }
         if self.training:
             self.remember(batch.indices, log_probs.detach().exp())

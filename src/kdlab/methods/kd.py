@@ -45,13 +45,14 @@ class HintonKD(Distiller):
     Params = KDParams
     teacher_cache = "logits"
     composable = True
+    soft_targets = True
 
     def distill(self, batch: Batch, step: StepContext) -> DistillOutput:
         teacher_logits = self.batch_teacher_logits(batch)
         logits = self.student_forward(batch.inputs)
         return DistillOutput(
             {
-                "ce": F.cross_entropy(logits.float(), batch.targets),
+                "ce": self.label_loss(logits, batch.label_targets),
                 "kd": kd_loss(logits, teacher_logits, self.params.temperature),
             },
             logits,

@@ -58,6 +58,7 @@ class NeuronSelectivityTransfer(FeatureDistiller):
     terms = ("ce", "nst")
     default_weights = {"ce": 1.0, "nst": 50.0}
     Params = FeatureParams
+    soft_targets = True
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None, params: FeatureParams,
                  context: DistillContext, **norms: object) -> None:
@@ -76,5 +77,5 @@ class NeuronSelectivityTransfer(FeatureDistiller):
         else:
             logits = self.run_student(batch.inputs)
         if step.weights["ce"]:
-            losses["ce"] = F.cross_entropy(logits.float(), batch.targets)
+            losses["ce"] = self.label_loss(logits, batch.label_targets)
         return DistillOutput(losses, logits)

@@ -17,7 +17,6 @@ RepDistiller's and mdistiller's CIFAR-100 setting, tuned for this mean.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from kdlab.core.errors import ConfigError
@@ -52,6 +51,7 @@ class ProbabilisticKT(FeatureDistiller):
 
     terms = ("ce", "pkt")
     default_weights = {"ce": 1.0, "pkt": 30000.0}
+    soft_targets = True
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)
@@ -65,5 +65,5 @@ class ProbabilisticKT(FeatureDistiller):
     def distill(self, batch: Batch, step: StepContext) -> DistillOutput:
         out = self.run_models(batch)
         pkt = pkt_loss(out.student_features[0], out.teacher_features[0])
-        return DistillOutput({"ce": F.cross_entropy(out.student_logits.float(), batch.targets), "pkt": pkt},
+        return DistillOutput({"ce": self.label_loss(out.student_logits, batch.label_targets), "pkt": pkt},
                              out.student_logits)

@@ -76,4 +76,4 @@ def build_distiller(
     """Validate ``method.params`` against the method's own schema and build its Distiller."""
     method, params, weights = resolve_method(config)
     return method(student, teacher, params, context, student_norm=student_norm, teacher_norm=teacher_norm,
-                  weights=weights)
+                  weights=weights, label_smoothing=config.label_smoothing)

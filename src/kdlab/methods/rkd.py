@@ -88,6 +88,7 @@ class RelationalKD(FeatureDistiller):
     terms = ("ce", "rkd_distance", "rkd_angle")
     default_weights = {"ce": 1.0, "rkd_distance": 25.0, "rkd_angle": 50.0}
     Params = RKDParams
+    soft_targets = True
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)
@@ -104,7 +105,7 @@ class RelationalKD(FeatureDistiller):
         normalize = self.params.normalize
         return DistillOutput(
             {
-                "ce": F.cross_entropy(out.student_logits.float(), batch.targets),
+                "ce": self.label_loss(out.student_logits, batch.label_targets),
                 "rkd_distance": rkd_distance_loss(student, teacher, normalize),
                 "rkd_angle": rkd_angle_loss(student, teacher, normalize),
             },

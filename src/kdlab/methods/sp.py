@@ -48,6 +48,7 @@ class SimilarityPreserving(FeatureDistiller):
 
     terms = ("ce", "sp")
     default_weights = {"ce": 1.0, "sp": 3000.0}
+    soft_targets = True
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)
@@ -62,5 +63,5 @@ class SimilarityPreserving(FeatureDistiller):
     def distill(self, batch: Batch, step: StepContext) -> DistillOutput:
         out = self.run_models(batch)
         sp = sum(sp_loss(s, t) for s, t in zip(out.student_features, out.teacher_features, strict=True))
-        return DistillOutput({"ce": F.cross_entropy(out.student_logits.float(), batch.targets), "sp": sp},
+        return DistillOutput({"ce": self.label_loss(out.student_logits, batch.label_targets), "sp": sp},
                              out.student_logits)

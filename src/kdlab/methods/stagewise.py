@@ -42,7 +42,6 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor, nn
 
@@ -139,6 +138,7 @@ class Stagewise(FeatureDistiller):
     StageParams = StagewiseStageParams
     teacher_cache = "none"
     composable = False
+    soft_targets = True
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None, params: StagewiseParams,
                  context: DistillContext, **norms: object) -> None:
@@ -227,5 +227,5 @@ class Stagewise(FeatureDistiller):
         else:
             logits = self.run_student(batch.inputs)
         if step.weights["ce"]:
-            losses["ce"] = F.cross_entropy(logits.float(), batch.targets)
+            losses["ce"] = self.label_loss(logits, batch.label_targets)
         return DistillOutput(losses, logits)

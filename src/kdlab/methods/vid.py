@@ -85,6 +85,7 @@ class VariationalInformationDistillation(FeatureDistiller):
     terms = ("ce", "vid")
     default_weights = {"ce": 1.0, "vid": 1.0}
     Params = VIDParams
+    soft_targets = True
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)
@@ -109,5 +110,5 @@ class VariationalInformationDistillation(FeatureDistiller):
         for regressor, s, t in zip(self.regressors, out.student_features, out.teacher_features, strict=True):
             s, t = match_resolution(s, t)
             vid = vid + vid_loss(regressor(s), regressor.variance(), t)
-        return DistillOutput({"ce": F.cross_entropy(out.student_logits.float(), batch.targets), "vid": vid},
+        return DistillOutput({"ce": self.label_loss(out.student_logits, batch.label_targets), "vid": vid},
                              out.student_logits)

@@ -35,7 +35,8 @@ def attach_teacher_cache(config: RunConfig, data: DataBundle, distiller: Distill
     if config.teacher_cache is None:
         return None
     cache = config.teacher_cache
+    signature = run_signature(config, data, distiller)
     replay = TeacherCacheReplay(cache.path, device, cycle=cache.cycle, features=cache.features)
-    replay.check(run_signature(config, data, distiller))
+    replay.check(signature)
     data.train.set_replay(replay)
     return replay

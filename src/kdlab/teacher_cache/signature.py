@@ -26,6 +26,10 @@ def run_signature(config: RunConfig, data: DataBundle, distiller: Distiller) -> 
     """
     cache = config.teacher_cache
     method = config.method.name
+    if config.data.mix is not None:
+        raise CacheError("data.mix: a teacher cache cannot replay mixup/cutmix: it holds the teacher's "
+                         "outputs on single images, and its output on a mixed image is not the mix of those; "
+                         "remove data.mix or the teacher_cache section")
     if distiller.teacher is None or distiller.teacher_cache == "none":
         raise CacheError(f"teacher_cache: method {method!r} runs its teacher on inputs a cache cannot "
                          "replay (adversarial or perturbed inputs, or its own features); remove the "
