@@ -2,6 +2,8 @@ import pytest
 
 from kdlab.config import ConfigError, load_config
 from kdlab.config.load import parse_override
+from kdlab.config.schema import MethodConfig
+from kdlab.methods.registry import resolve_method
 
 BASE = {"data": {"name": "digits"}, "student": {"name": "cnn_tiny"}, "train": {"epochs": 1}}
 
@@ -81,3 +83,9 @@ def test_extends_merges_parent_sections(tmp_path):
     (tmp_path / "loop.yaml").write_text("extends: loop.yaml\n")
     with pytest.raises(ConfigError, match="cycle"):
         load_config(tmp_path / "loop.yaml")
+
+
+def test_an_unknown_key_in_a_section_without_keys_says_it_takes_none():
+    expected = r"unknown key 'method\.params\.label_smoothing'; this section takes no keys$"
+    with pytest.raises(ConfigError, match=expected):
+        resolve_method(MethodConfig(name="ce", params={"label_smoothing": 0.1}))

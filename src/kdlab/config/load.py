@@ -81,7 +81,8 @@ def explain(error: ValidationError, source: str, root: type[BaseModel] = RunConf
         owner = _section_model(root, loc)
         valid = sorted(owner.model_fields) if owner else []
         hint = closest(str(loc[-1]), valid)
-        return f"{source}: unknown key '{key}'{hint}; valid keys here: {', '.join(valid)}"
+        listing = f"valid keys here: {', '.join(valid)}" if valid else "this section takes no keys"
+        return f"{source}: unknown key '{key}'{hint}; {listing}"
     if kind == "missing":
         return f"{source}: missing required key '{key}'"
     value = first.get("input")

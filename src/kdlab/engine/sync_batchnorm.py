@@ -78,4 +78,3 @@ def sync_batchnorm(model: nn.Module, device: torch.device) -> int:
                 module.process_group = None
             count += 1
     return count
-
