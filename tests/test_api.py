@@ -16,7 +16,7 @@ def test_distill_in_a_few_lines_with_module_teacher_and_named_student(tmp_path):
     student = kdlab.distill(module, "cnn_tiny", data="digits", epochs=2, out_dir=tmp_path, name="kd",
                             overrides={**FAST, "method.params.temperature": 2.0})
     assert student.summary["test_selected"]["top1"] > 50.0
-    assert kdlab.load_config(student.run_dir / "config.yaml").teacher.name == "module:SmallCNN"
+    assert kdlab.load_config(student.run_dir / "config.yaml").teacher.name == "cnn_small"
     assert sum(p.numel() for p in student.student.parameters()) == student.summary["student_params"]
 
 

@@ -17,7 +17,7 @@ LAYERS = [
     ["kdlab.assembly", "kdlab.robustness"],
     ["kdlab.teacher_cache"],
     ["kdlab.run"],
-    ["kdlab.protocols", "kdlab.evaluate", "kdlab.export"],
+    ["kdlab.protocols", "kdlab.evaluate", "kdlab.export", "kdlab.saved_run"],
     ["kdlab.cli", "kdlab.report", "kdlab.api", "kdlab.demo", "kdlab"],
 ]
 

@@ -1,9 +1,12 @@
 """kdlab: knowledge distillation for image classifiers.
 
-Public API: :func:`distill` (five-line distillation), :func:`train` (a run from a :class:`RunConfig`),
-:func:`load_config`, :class:`Trainer`, :class:`Distiller` (whose ``distill(batch, step)`` receives a
-:class:`StepContext`) with :func:`register_method`, :func:`build_model`, :func:`build_data` (a data
-section and a :class:`Runtime`), :class:`Callback`. Names are imported on first use, so
+Public API: :func:`distill` (five-line distillation, on a registered dataset or the user's own
+``Dataset``/``DataLoader``: :class:`UserData`), :func:`train` (a run from a :class:`RunConfig`),
+:func:`load_run` (a finished run, to evaluate and export), :func:`load_config`, :class:`Trainer` (fed by
+any :class:`BatchSource` of :class:`Batch` es, with a :class:`TrainConfig`), :class:`Distiller` (built
+with a :class:`DistillContext`; its ``distill(batch, step)`` receives a :class:`StepContext`) with
+:func:`register_method`, :func:`build_model`, :func:`build_data` (a data section and a
+:class:`Runtime`), :class:`Callback`. See docs/api.md. Names are imported on first use, so
 ``import kdlab`` stays cheap and subpackages import independently.
 """
 
@@ -17,6 +20,14 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "distill": "kdlab.api",
     "RunConfig": "kdlab.config",
+    "TrainConfig": "kdlab.config",
+    "Batch": "kdlab.data",
+    "BatchSource": "kdlab.data",
+    "DataBundle": "kdlab.data",
+    "UserData": "kdlab.data",
+    "DistillContext": "kdlab.methods",
+    "LoadedRun": "kdlab.saved_run",
+    "load_run": "kdlab.saved_run",
     "load_config": "kdlab.config",
     "build_data": "kdlab.data",
     "Callback": "kdlab.engine",

@@ -19,6 +19,9 @@ def evaluate_checkpoint(location: str | Path, overrides: Sequence[str] = (),
     """Metrics of the student (or another model of the run: ``model``) in a checkpoint or run directory
     on the requested splits."""
     saved = load_saved_model(location, overrides, model=model)
+    if saved.data is None:
+        raise ConfigError(f"{saved.path}: the run's data were given from Python ({saved.config.data.name}); "
+                          "evaluate it there: kdlab.load_run(RUN_DIR).evaluate(dataset)")
     change = first_change(saved.state["config"], saved.config.model_dump(mode="json"), SPLIT_KEYS)
     if change is not None and "val" in (splits or []):
         raise ConfigError(f"{change[0]}: changing it changes which samples form the validation split, "

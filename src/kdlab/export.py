@@ -15,8 +15,9 @@ first (:func:`kdlab.ensemble.merge_batchensemble`). Files written to ``out_dir``
   ``export`` extra: onnx, onnxscript, onnxruntime);
 - ``export.json``: architecture, class count, input shape and the input normalization the model
   expects (it takes *normalized* inputs: ``(pixel - mean) / std``), and per format the largest
-  absolute difference from PyTorch's logits on a batch of the run's test split (ONNX is run with
-  onnxruntime). A difference above ``atol + rtol * |logits|`` fails the export.
+  absolute difference from PyTorch's logits on a batch of the run's test split, or of seeded random
+  inputs when the run's data were given from Python (``check_inputs``; ONNX is run with onnxruntime).
+  A difference above ``atol + rtol * |logits|`` fails the export.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from kdlab.assembly import load_saved_model
+from kdlab.assembly import SavedModel, load_saved_model
 from kdlab.core.errors import UserError
 
 FORMATS = ("state_dict", "torchscript", "onnx")
@@ -118,13 +119,34 @@ def export_student(location: str | Path, out_dir: str | Path, overrides: Sequenc
                    rtol: float = 1e-4, model: str = "student") -> dict[str, Any]:
     """Write the student (or another model of the run: ``model``) of ``location`` to ``out_dir`` in
     ``formats``; returns what ``export.json`` holds."""
+    check_formats(formats)
+    saved = load_saved_model(location, overrides, device="cpu", model=model)
+    return export_saved(saved, out_dir, formats, check_batch, atol, rtol, model)
+
+
+def check_formats(formats: Sequence[str]) -> None:
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown:
         raise ExportError(f"unknown export format {unknown[0]!r}; formats: {', '.join(FORMATS)}")
-    saved = load_saved_model(location, overrides, device="cpu", model=model)
-    path, data, network = saved.path, saved.data, saved.model
-    data.test.set_epoch(0)
-    batch = next(iter(data.test)).inputs[:check_batch].float().contiguous()
+
+
+def check_inputs(saved: SavedModel, count: int) -> Tensor:
+    """The batch every format is checked on: the run's first test images, or seeded standard-normal
+    inputs (the normalized scale) when the run's data are not at hand."""
+    if saved.data is None:
+        generator = torch.Generator().manual_seed(0)
+        return torch.randn(count, *saved.facts.input_shape, generator=generator)
+    saved.data.test.set_epoch(0)
+    return next(iter(saved.data.test)).inputs[:count].float().cpu().contiguous()
+
+
+def export_saved(saved: SavedModel, out_dir: str | Path, formats: Sequence[str] = FORMATS,
+                 check_batch: int = 32, atol: float = 1e-4, rtol: float = 1e-4,
+                 run_model: str = "student") -> dict[str, Any]:
+    """:func:`export_student` of a model already read back (:func:`kdlab.assembly.load_saved_model`)."""
+    check_formats(formats)
+    network = copy.deepcopy(saved.model).float().cpu().eval()
+    batch = check_inputs(saved, check_batch)
     with torch.no_grad():
         expected = network(batch)
 
@@ -133,10 +155,12 @@ def export_student(location: str | Path, out_dir: str | Path, overrides: Sequenc
         raise ExportError(f"--out: {out} is a file, not a folder for the exported files")
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
+    facts = saved.facts
     try:
-        report = {"checkpoint": str(path), "model": saved.architecture, "run_model": model,
-                  "num_classes": data.num_classes, "input_shape": list(data.input_shape),
-                  "mean": list(data.mean), "std": list(data.std), "check_batch": int(batch.shape[0]),
+        report = {"checkpoint": str(saved.path), "model": saved.architecture, "run_model": run_model,
+                  "num_classes": facts.num_classes, "input_shape": list(facts.input_shape),
+                  "mean": list(facts.mean), "std": list(facts.std), "check_batch": int(batch.shape[0]),
+                  "check_inputs": "test" if saved.data is not None else "random",
                   **_write_formats(network, batch, expected, staging, formats, atol, rtol)}
         (staging / "export.json").write_text(json.dumps(report, indent=2) + "\n")
         out.mkdir(exist_ok=True)

@@ -5,7 +5,7 @@ parts here, so a run, a cache and a study agree on what a config means.
 """
 
 from kdlab.assembly.distiller import build_run_distiller, build_teacher_ensemble
-from kdlab.assembly.networks import build_network, check_input_shape, normalization
+from kdlab.assembly.networks import build_network, check_input_shape, name_given_modules, normalization
 from kdlab.assembly.run_data import build_run_data
 from kdlab.assembly.runtime import process_runtime, resolve_device, seed_everything, start_runtime
 from kdlab.assembly.saved import SavedModel, load_saved_model
@@ -22,6 +22,7 @@ __all__ = [
     "load_model_weights",
     "load_saved_model",
     "load_student",
+    "name_given_modules",
     "normalization",
     "process_runtime",
     "resolve_device",

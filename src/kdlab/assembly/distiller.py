@@ -57,4 +57,8 @@ def build_run_distiller(config: RunConfig, data: DataBundle, *, student: nn.Modu
         raise ConfigError(f"data.mix: method {config.method.name!r} reads the class ids beyond its CE term "
                           f"(a mixed batch has no single class per image); remove data.mix, or use one of: "
                           f"{', '.join(takers)}")
+    if distiller.keys_samples and not data.sample_ids:
+        raise ConfigError(f"method.name: {config.method.name!r} keeps state per training sample, keyed by "
+                          "sample ids that a DataLoader or iterable dataset does not give; pass a map-style "
+                          "Dataset")
     return distiller

@@ -8,19 +8,24 @@ from typing import Any
 from torch import nn
 
 from kdlab.assembly.weights import load_model_weights, result_checkpoint
-from kdlab.config.schema import ModelConfig
+from kdlab.config.schema import ModelConfig, RunConfig
 from kdlab.core import checkpoint
 from kdlab.core.errors import ConfigError
 from kdlab.core.registry import UnknownNameError
-from kdlab.data import DATASETS, DataBundle
+from kdlab.data import DATASETS, DataBundle, DataFacts
 from kdlab.models import ModelError, build_model, probe_forward, timm_zoo, torchvision_zoo
 from kdlab.models.batchnorm import freeze_batchnorm
+from kdlab.models.identify import MODULE_PREFIX, module_name, registry_name
 from kdlab.models.surgery import WeightFileError
 
 
-def build_network(config: ModelConfig, data: DataBundle, key: str) -> nn.Module:
+def build_network(config: ModelConfig, data: DataBundle | DataFacts, key: str) -> nn.Module:
     """The model of section ``key`` (``student``, ``teacher``, ``teachers.N``) for ``data``: built by name,
     checked to take the data's images, with its checkpoint loaded and BatchNorm frozen if asked."""
+    if config.name.startswith(MODULE_PREFIX):
+        raise ConfigError(f"{key}.name: {config.name!r} was a module given from Python, which kdlab cannot "
+                          f"build; build it again and pass it: kdlab.load_run(RUN_DIR, {key.split('.')[0]}="
+                          "module)")
     try:
         model = build_model(config.name, data.num_classes, pretrained=config.pretrained,
                             in_channels=data.input_shape[0], **config.kwargs)
@@ -34,6 +39,17 @@ def build_network(config: ModelConfig, data: DataBundle, key: str) -> nn.Module:
     if config.freeze_bn:
         freeze_batchnorm(model)
     return model
+
+
+def name_given_modules(config: RunConfig, data: DataBundle, student: nn.Module | None,
+                       teacher: nn.Module | None) -> RunConfig:
+    """``config`` with the student and teacher sections of given modules named by what rebuilds them
+    (:func:`~kdlab.models.identify.registry_name`), else ``module:CLASS``."""
+    config = config.model_copy(deep=True)
+    for section, module in ((config.student, student), (config.teacher, teacher)):
+        if module is not None and section is not None:
+            section.name = registry_name(module, data.num_classes, data.input_shape) or module_name(module)
+    return config
 
 
 def check_input_shape(model: nn.Module, shape: Sequence[int], key: str) -> None:

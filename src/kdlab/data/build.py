@@ -6,7 +6,6 @@ import inspect
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,13 +21,14 @@ from kdlab.data.augment import CropFlip
 from kdlab.data.batch import BatchSource
 from kdlab.data.catalog import DATASETS, DatasetSpec
 from kdlab.data.corruption import CorruptedSplits, ImbalanceSpec, NoiseSpec, corrupt_splits
+from kdlab.data.facts import DataFacts
 from kdlab.data.loader_source import LoaderBatchSource
 from kdlab.data.memory import check_fits
 from kdlab.data.mixing import MixedBatchSource, mix_transform
 from kdlab.data.policies import sample_transform, then
-from kdlab.data.raw import Split, channel_stats
+from kdlab.data.raw import RawDataset, Split, channel_stats
 from kdlab.data.samples import SampleDataset
-from kdlab.data.splits import split_train_val, take_subset
+from kdlab.data.splits import complement, split_train_val, take_subset
 from kdlab.data.tensor_source import TensorBatchSource
 from kdlab.data.transforms import (
     Transform,
@@ -38,6 +38,8 @@ from kdlab.data.transforms import (
 )
 
 LARGE_IMAGE_SIZE = 224
+#: the ``data.name`` a run records for data given from Python (:mod:`kdlab.data.user`)
+PYTHON_DATA = "python:"
 
 
 @dataclass
@@ -46,7 +48,9 @@ class DataBundle:
 
     ``val`` is None when ``val_fraction`` is 0. ``input_shape`` is (C, H, W) of the batches;
     ``train_targets`` are the labels of the training split (after the validation carve and ``subset``),
-    indexed like ``Batch.indices`` of ``train`` (the noisy labels under label noise). ``corruption`` says
+    indexed like ``Batch.indices`` of ``train`` (the noisy labels under label noise; None for a user's
+streamed dataset that does not list them). ``sample_ids`` says whether ``train``'s ``Batch.indices``
+identify samples across epochs (not for a user's DataLoader or iterable dataset). ``corruption`` says
     what label noise and imbalance did to the train and validation parts (None when neither is set).
     """
 
@@ -58,8 +62,14 @@ class DataBundle:
     input_shape: tuple[int, int, int]
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    train_targets: Tensor
+    train_targets: Tensor | None
     corruption: CorruptedSplits | None = None
+    sample_ids: bool = True
+
+    def facts(self) -> DataFacts:
+        """What a model trained on this data needs to know of it (kept as ``RUN_DIR/data.json``)."""
+        return DataFacts(self.num_classes, tuple(self.classes), tuple(self.input_shape), tuple(self.mean),
+                         tuple(self.std))
 
 
 def _normalization(
@@ -154,6 +164,10 @@ def build_data(config: DataConfig | Mapping[str, Any], runtime: Runtime | None =
         except ValidationError as exc:
             raise ConfigError(explain(exc, "build_data", DataConfig, prefix="data.")) from None
     runtime = runtime or Runtime()
+    if config.name.startswith(PYTHON_DATA):
+        raise ConfigError(f"data.name: {config.name!r}: the run's data were given from Python and cannot be "
+                          "read again from its config; pass them again: "
+                          "kdlab.load_run(RUN_DIR).evaluate(dataset)")
     try:
         spec = DATASETS.get(config.name)
     except UnknownNameError as exc:
@@ -162,20 +176,9 @@ def build_data(config: DataConfig | Mapping[str, Any], runtime: Runtime | None =
         batch = max(config.batch_size, config.eval_batch_size)
         check_fits(batch, (1, config.image_size, config.image_size), 4,
                    f"data.image_size: a batch of {batch} float images at {config.image_size} px")
-    settings = LoaderSettings(
-        batch_size=config.batch_size, device=runtime.device, seed=runtime.seed,
-        eval_batch_size=config.eval_batch_size, val_fraction=config.val_fraction,
-        split_seed=config.split_seed, subset=config.subset, augment=config.augment, rank=runtime.rank,
-        world_size=runtime.world_size, num_workers=loader_workers(config.num_workers),
-        device_resident=config.device_resident, image_size=config.image_size,
-        mean=None if config.mean is None else tuple(config.mean),
-        std=None if config.std is None else tuple(config.std),
-        policy=config.policy, random_erasing=config.random_erasing,
-    )
-    noise = None if config.noise is None else NoiseSpec(**config.noise.model_dump())
-    imbalance = None if config.imbalance is None else ImbalanceSpec(**config.imbalance.model_dump())
+    settings = loader_settings(config, runtime)
     if spec.bundle is not None:
-        if noise is not None or imbalance is not None:
+        if config.noise is not None or config.imbalance is not None:
             raise ConfigError(f"data: label noise and class imbalance are not supported for {config.name!r}: "
                               "it builds its own domain splits; remove data.noise and data.imbalance")
         if config.policy is not None or config.random_erasing is not None:
@@ -188,8 +191,22 @@ def build_data(config: DataConfig | Mapping[str, Any], runtime: Runtime | None =
     if spec.needs_root and config.root is None:
         raise ConfigError(f"data.root: dataset {config.name!r} is read from disk: set its root folder")
     check_options(spec.load, config, config.root, image_size=settings.image_size)
-    bundle = _build_split_dataset(spec, config.root, settings, noise, imbalance, config.options)
-    return mixed(bundle, config.mix, settings.seed)
+    raw = spec.load(config.root, image_size=settings.image_size, **config.options)
+    return mixed(bundle_from_raw(raw, spec, settings, config), config.mix, settings.seed)
+
+
+def loader_settings(config: DataConfig, runtime: Runtime) -> LoaderSettings:
+    """The :class:`LoaderSettings` of a data section for this process."""
+    return LoaderSettings(
+        batch_size=config.batch_size, device=runtime.device, seed=runtime.seed,
+        eval_batch_size=config.eval_batch_size, val_fraction=config.val_fraction,
+        split_seed=config.split_seed, subset=config.subset, augment=config.augment, rank=runtime.rank,
+        world_size=runtime.world_size, num_workers=loader_workers(config.num_workers),
+        device_resident=config.device_resident, image_size=config.image_size,
+        mean=None if config.mean is None else tuple(config.mean),
+        std=None if config.std is None else tuple(config.std),
+        policy=config.policy, random_erasing=config.random_erasing,
+    )
 
 
 def mixed(bundle: DataBundle, mix: MixConfig | None, seed: int) -> DataBundle:
@@ -207,14 +224,19 @@ def check_options(reader: Callable[..., Any], config: DataConfig, *args: Any, **
         raise ConfigError(f"data.options: {config.name!r} does not take these options ({exc})") from None
 
 
-def _build_split_dataset(
-    spec: DatasetSpec, root: str | Path | None, s: LoaderSettings, noise: NoiseSpec | None,
-    imbalance: ImbalanceSpec | None, dataset_options: dict[str, Any],
-) -> DataBundle:
-    """:func:`build_data` for a dataset read as one train/test pair (every dataset but the domain sets)."""
-    raw = spec.load(root, image_size=s.image_size, **dataset_options)
-    train_pos, val_pos = split_train_val(raw.train.targets, s.val_fraction, s.split_seed)
+def bundle_from_raw(raw: RawDataset, spec: DatasetSpec, s: LoaderSettings, config: DataConfig,
+                    val_positions: Tensor | None = None) -> DataBundle:
+    """:func:`build_data` for a dataset read as one train/test pair (every dataset but the domain sets).
+
+    The validation part is carved from ``raw.train`` (``val_fraction``), or is the given ``val_positions``
+    of ``raw.train``; then ``subset``, imbalance and label noise (``config``) apply to the rest."""
+    if val_positions is None:
+        train_pos, val_pos = split_train_val(raw.train.targets, s.val_fraction, s.split_seed)
+    else:
+        train_pos, val_pos = complement(len(raw.train), val_positions), val_positions
     train_pos = train_pos[take_subset(raw.train.targets[train_pos], s.subset, s.split_seed)]
+    noise = None if config.noise is None else NoiseSpec(**config.noise.model_dump())
+    imbalance = None if config.imbalance is None else ImbalanceSpec(**config.imbalance.model_dump())
     corruption = None
     if noise is not None or imbalance is not None:
         corruption = corrupt_splits(raw.train.targets, train_pos, val_pos, list(raw.classes), noise,
@@ -233,7 +255,7 @@ def _build_split_dataset(
     resident = decoded if s.device_resident == "auto" else s.device_resident == "on"
     if resident and not decoded:
         raise ConfigError(
-            f"device_resident='on' needs decoded images, but {root} holds large images read lazily;"
+            f"device_resident='on' needs decoded images, but {config.root} holds large images read lazily;"
             " use 'auto' or 'off', or set image_size <= 64 to decode them up front"
         )
     norm_mean, norm_std = _normalization(s.mean, s.std, spec, train)

@@ -158,6 +158,9 @@ class Distiller(nn.Module):
     #: mixed batch's soft targets (``data.mix``) reach every term that reads labels; mixup/cutmix are
     #: refused for a method that also reads the class ids in another way
     soft_targets: ClassVar[bool] = False
+    #: whether the method keeps state per training sample, keyed by ``Batch.indices`` (a memory bank,
+    #: past predictions); such a method needs a source whose indices identify samples across epochs
+    keys_samples: ClassVar[bool] = False
 
     def __init__(
         self,

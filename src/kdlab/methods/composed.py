@@ -152,6 +152,11 @@ class Composed(Distiller):
         """Whether every part reads the labels only through ``label_loss``."""
         return all(part.soft_targets for part in self.parts.values())
 
+    @property
+    def keys_samples(self) -> bool:
+        """Whether a part keeps state per training sample."""
+        return any(part.keys_samples for part in self.parts.values())
+
     def teacher_feature_taps(self) -> tuple[FeatureTaps, list[torch.Size]] | None:
         readers = [part for part in self.parts.values() if part.teacher_cache == "features"]
         return readers[0].teacher_feature_taps() if len(readers) == 1 else None

@@ -213,6 +213,7 @@ class ContrastiveRepresentationDistillation(FeatureDistiller):
     terms = ("ce", "crd")
     default_weights = {"ce": 1.0, "crd": 0.8}
     Params = CRDParams
+    keys_samples = True
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)

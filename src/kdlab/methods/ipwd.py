@@ -282,6 +282,7 @@ class IPWDSelf(_IPWBase):
     default_weights = {"ce": 1.0, "sd": 1.0, "aux": 1.0}
     needs_teacher = False
     Params = IPWDSelfParams
+    keys_samples = True
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None, params: IPWDSelfParams,
                  context: DistillContext, **norms: object) -> None:

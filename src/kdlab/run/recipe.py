@@ -12,10 +12,11 @@ from typing import Any
 
 from torch import nn
 
-from kdlab.assembly import build_run_data, build_run_distiller, start_runtime
+from kdlab.assembly import build_run_data, build_run_distiller, name_given_modules, start_runtime
 from kdlab.config.schema import RunConfig
 from kdlab.core import distributed
 from kdlab.core.errors import RunInterrupted
+from kdlab.data import UserData
 from kdlab.engine import Callback, Trainer
 from kdlab.engine.averaging import build_averager
 from kdlab.engine.early_stopping import EarlyStopping
@@ -44,13 +45,21 @@ def train(
     teacher: nn.Module | None = None,
     callbacks: Sequence[Callback] = (),
     write: bool = True,
+    user_data: UserData | None = None,
 ) -> RunResult:
-    """Train one run. ``student``/``teacher`` modules, when given, replace those built from the config.
+    """Train one run. ``student``/``teacher`` modules, when given, replace those built from the config,
+    and the run records the registry name that rebuilds each (or ``module:CLASS`` when none does);
+    ``user_data``, when given, replaces the config's dataset (its ``data.name`` becomes ``python:TYPE``).
 
     Everything is checked before anything is written: a refused resume leaves the run as it was."""
+    if user_data is not None:
+        config = config.model_copy(deep=True)
+        config.data.name = user_data.name()
     resume_from = check_resumable(config, Path(resume)) if resume is not None else None
     runtime = start_runtime(config.train)
-    data = build_run_data(config, runtime)
+    data = build_run_data(config, runtime, user_data)
+    if resume is None and (student is not None or teacher is not None):
+        config = name_given_modules(config, data, student, teacher)
     distiller = build_run_distiller(config, data, student=student, teacher=teacher)
     replay = attach_teacher_cache(config, data, distiller, runtime.device)
     stages = plan_stages(config, None if config.stages else distiller.default_stages(config))

@@ -19,6 +19,7 @@ from kdlab.config.schema import RunConfig
 from kdlab.core import checkpoint
 from kdlab.core.errors import ConfigError
 from kdlab.data import DataBundle
+from kdlab.data.facts import FACTS_FILE
 from kdlab.engine import Trainer
 from kdlab.engine.selection import FINAL_MODEL_FILE
 from kdlab.engine.trainer import CHECKPOINT_FORMAT
@@ -86,8 +87,10 @@ def run_lock(run_dir: Path) -> Iterator[None]:
 
 
 def write_start(run_dir: Path, config: RunConfig, data: DataBundle) -> None:
-    """What a run directory holds from the start: the resolved config and the labels it trains on."""
+    """What a run directory holds from the start: the resolved config, what its model needs to know of
+    the data (``data.json``) and the labels it trains on."""
     checkpoint.write_text_atomic(run_dir / "config.yaml", dump_config(config))
+    checkpoint.write_text_atomic(run_dir / FACTS_FILE, data.facts().to_json())
     save_noisy_labels(data, run_dir)
 
 
