@@ -17,6 +17,8 @@ from typing import Any
 from kdlab.core.errors import ConfigError
 
 METRICS_FILE = "metrics.jsonl"
+#: the run's TensorBoard directory, under RUN_DIR
+TB_DIR = "tb"
 
 
 def _clean(value: Any) -> Any:
@@ -59,7 +61,7 @@ class MetricsLogger:
             except ImportError:
                 raise ConfigError("train.tensorboard needs tensorboard: pip install 'kdlab[tb]'") from None
 
-            self._tb = SummaryWriter(str(run_dir / "tb"))
+            self._tb = SummaryWriter(str(run_dir / TB_DIR))
 
     def begin(self, step: int) -> None:
         """Make the log that of a run at ``step``: keep the complete records up to ``step`` (none at

@@ -21,6 +21,8 @@ from kdlab.core.errors import ConfigError
 from kdlab.data import DataBundle
 from kdlab.data.facts import FACTS_FILE
 from kdlab.engine import Trainer
+from kdlab.engine.hparams import write_hparams
+from kdlab.engine.logger import TB_DIR
 from kdlab.engine.selection import FINAL_MODEL_FILE
 from kdlab.engine.trainer import CHECKPOINT_FORMAT
 from kdlab.robustness import save_noisy_labels
@@ -95,11 +97,14 @@ def write_start(run_dir: Path, config: RunConfig, data: DataBundle) -> None:
 
 
 def write_end(run_dir: Path, trainer: Trainer, summary: dict[str, Any]) -> None:
-    """The result's final model when no other file holds it, then ``summary.json`` naming its file."""
+    """The result's final model when no other file holds it, the run's row in TensorBoard's hparams view
+    under ``train.tensorboard``, then ``summary.json`` naming the model's file."""
     if trainer.selection.writes_final_model:
         weights = {f"student.{k}": v for k, v in trainer.result_model().state_dict().items()}
         state = {"model": weights, "config": trainer.config, "step": trainer.step,
                  "format": CHECKPOINT_FORMAT, "selection": asdict(trainer.selection)}
         checkpoint.save_atomic(state, run_dir / FINAL_MODEL_FILE)
     summary["checkpoint"] = trainer.selection.result_name(run_dir)
+    if trainer.cfg.tensorboard:
+        write_hparams(run_dir / TB_DIR, trainer.config, summary, trainer.step)
     checkpoint.write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
