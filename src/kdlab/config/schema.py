@@ -256,7 +256,7 @@ class OptimConfig(Section):
     @classmethod
     def _known_form(cls, name: str) -> str:
         if name not in OPTIMIZERS and not re.fullmatch(rf"{TIMM_PREFIX}\w+", name):
-            raise ValueError(f"expected {', '.join(OPTIMIZERS)} or timm:NAME (timm's optimizer NAME), not "
+            raise ValueError(f"expected 'sgd', 'adam' or 'adamw', or timm:NAME (timm's optimizer NAME), not "
                              f"{name!r}")
         return name
 
