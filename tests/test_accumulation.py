@@ -122,3 +122,8 @@ def test_an_interrupted_accumulating_run_resumes_bit_for_bit(digits_config):
 def test_a_bad_accumulation_count_is_one_line(tmp_path, capsys, quick, value):
     err = one_line_error(capsys, ["train", write(tmp_path, quick(train={"accumulate_grad_batches": value}))])
     assert "train.accumulate_grad_batches" in err
+
+
+def test_a_resume_cannot_change_how_many_batches_make_a_step(capsys, finished_run):
+    err = one_line_error(capsys, ["train", "--resume", str(finished_run), "train.accumulate_grad_batches=2"])
+    assert err.startswith("kdlab: error: train.accumulate_grad_batches: a resumed run cannot change it")
