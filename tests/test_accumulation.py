@@ -60,6 +60,14 @@ def test_two_micro_batches_train_like_one_batch_of_twice_the_size(digits_config)
     assert rates == pytest.approx([0.05] * 5 + [0.005] * 7)
 
 
+class StepRecorder(Callback):
+    def __init__(self) -> None:
+        self.steps = []
+
+    def on_step_end(self, trainer) -> None:
+        self.steps.append(trainer.step)
+
+
 class Batches:
     """A fixed list of batches, the same every epoch."""
 
@@ -86,11 +94,12 @@ def test_the_short_last_group_of_an_epoch_steps_with_its_own_mean():
     distiller = build_distiller(MethodConfig(name="ce"), student, None, DistillContext(3, (1, 1, 6), 16))
     optim = OptimConfig(lr=0.5, momentum=0.9, weight_decay=0.0)
     trainer = Trainer(distiller, Batches(batches), None, device=torch.device("cpu"), optim=optim,
-                      schedule=ScheduleConfig(name="constant"),
+                      schedule=ScheduleConfig(name="constant"), callbacks=[recorder := StepRecorder()],
                       train=TrainConfig(epochs=2, accumulate_grad_batches=3, precision="fp32",
                                         channels_last=False, progress=False))
     assert trainer.steps_per_epoch == 2 and trainer.total_steps == 4
     trainer.fit()
+    assert recorder.steps == [1, 2, 3, 4]  # per-step callbacks (averaging, ...) run once per optimizer step
 
     sgd = torch.optim.SGD(reference.parameters(), lr=0.5, momentum=0.9)
     for _ in range(2):
