@@ -3,6 +3,7 @@ schedule and every step count advance per optimizer step, the short last group o
 own mean, and resume stays exact."""
 
 import copy
+import logging
 
 import pytest
 import torch
@@ -41,9 +42,12 @@ def run(digits_config, name, batch_size, every, **train_settings):
     return train(config(digits_config, name, batch_size, every, **train_settings))
 
 
-def test_two_micro_batches_train_like_one_batch_of_twice_the_size(digits_config):
+def test_two_micro_batches_train_like_one_batch_of_twice_the_size(digits_config, caplog):
     big = run(digits_config, "big", 64, 1, epochs=2)
-    accumulated = run(digits_config, "accumulated", 32, 2, epochs=2)
+    with caplog.at_level(logging.INFO, logger="kdlab"):
+        accumulated = run(digits_config, "accumulated", 32, 2, epochs=2)
+    banner = "12 steps (2 epochs) of batch 64 (2 x 32 accumulated)"
+    assert any(banner in r.getMessage() for r in caplog.records)
     small = run(digits_config, "small", 32, 1, epochs=2)
     assert big.summary["steps"] == accumulated.summary["steps"] == 12
     assert small.summary["steps"] == 24
