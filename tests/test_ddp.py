@@ -16,9 +16,9 @@ COMPOSED = {"name": "composed",
             "params": {"parts": [{"name": "kd"}, {"name": "at", "weights": {"ce": 0.0, "at": 10.0}}]}}
 
 
-def write_config(tmp_path, name, method, batchnorm=False, **train):
+def write_config(tmp_path, name, method, batchnorm=False, batch_size=32, **train):
     config = {
-        "data": {"name": "digits", "batch_size": 32, "val_fraction": 0.2, "augment": "none"},
+        "data": {"name": "digits", "batch_size": batch_size, "val_fraction": 0.2, "augment": "none"},
         "student": {"name": "cnn_tiny", "kwargs": {"batchnorm": batchnorm}},
         "method": method,
         "optim": {"name": "sgd", "lr": 0.1},
@@ -80,3 +80,17 @@ def test_batchnorm_under_two_processes_uses_the_global_batch_statistics(tmp_path
         torch.testing.assert_close(synced[key], value, rtol=1e-4, atol=1e-5, msg=key)
     drift = max((local[key] - single[key]).abs().max().item() for key in running)
     assert drift > 1e-3
+
+
+def test_two_processes_accumulating_two_micro_batches_match_one_process_with_the_whole_batch(tmp_path):
+    """Global batches of 16 (8 a rank), 2 a step: one optimizer step per 32 samples, all-reduced once."""
+    single_config = write_config(tmp_path, "single", {"name": "ce"})
+    run([sys.executable, "-m", "kdlab.cli.main", "train", str(single_config), "--quiet"])
+    config = write_config(tmp_path, "ddp", {"name": "ce"}, batch_size=16, accumulate_grad_batches=2)
+    run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "kdlab.cli.main", "train", str(config), "--quiet"])
+    single, ddp = load(tmp_path / "single" / "last.pt"), load(tmp_path / "ddp" / "last.pt")
+    assert single["step"] == ddp["step"] == 12
+    assert single["images_seen"] == ddp["images_seen"] == 12 * 32
+    for key, value in single["model"].items():
+        torch.testing.assert_close(ddp["model"][key], value, rtol=1e-4, atol=1e-5, msg=key)

@@ -3,9 +3,9 @@
 On an accelerator, reading a tensor's value on the host (``.item()``, ``bool(t)``, ``.tolist()``,
 ``.cpu()``, ``nonzero``, boolean-mask indexing, ...) stalls the step until the device catches up. Such
 calls are Python-level, so they can be caught on any device: every one is made to raise inside
-``Trainer._train_step`` from the second step on (a method may set itself up on its first batch, as
-CRD estimates its normalizer there). Only a step's forward, loss, backward and optimizer update are
-covered; logging steps read the loss on purpose.
+``Trainer._backward`` and ``Trainer._optimizer_step`` from the second step on (a method may set itself
+up on its first batch, as CRD estimates its normalizer there). Only a step's forward, loss, backward and
+optimizer update are covered; logging steps read the loss on purpose.
 """
 
 import contextlib
@@ -67,17 +67,22 @@ def test_the_guard_catches_a_sync(monkeypatch):
     assert x[x > 0].sum().item() == 3.0  # restored
 
 
+def guarded_after_first_step(part, monkeypatch):
+    """``part`` of the trainer's step with host syncs forbidden from the second step on."""
+
+    def guarded(self, *args):
+        if self.step == 0:
+            return part(self, *args)
+        with host_syncs_forbidden(monkeypatch):
+            return part(self, *args)
+
+    return guarded
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_training_steps_make_no_host_sync(method, monkeypatch, tmp_path):
-    step = Trainer._train_step
-
-    def guarded(self, batch):
-        if self.step == 0:
-            return step(self, batch)
-        with host_syncs_forbidden(monkeypatch):
-            return step(self, batch)
-
-    monkeypatch.setattr(Trainer, "_train_step", guarded)
+    for name in ("_backward", "_optimizer_step"):
+        monkeypatch.setattr(Trainer, name, guarded_after_first_step(getattr(Trainer, name), monkeypatch))
     tree = {
         "data": {"name": "synthetic", "batch_size": 8, "val_fraction": 0.0, "image_size": 32,
                  "options": {"num_classes": 10, "num_train": 64, "num_test": 8}},

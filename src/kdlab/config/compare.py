@@ -7,8 +7,10 @@ from typing import Any
 
 from kdlab.core.errors import ConfigError
 
-#: a resumed run keeps what it trains on and what it trains: its data, models, method, plan and seed
-RESUME_FIXED = ("data", "student", "teacher", "teachers", "method", "averaging", "stages", "train.seed")
+#: a resumed run keeps what it trains on and what it trains: its data, models, method, plan and seed, and
+#: how many batches make an optimizer step (what its step count means)
+RESUME_FIXED = ("data", "student", "teacher", "teachers", "method", "averaging", "stages", "train.seed",
+                "train.accumulate_grad_batches")
 #: data settings that say where the data is or how batches are made, not which samples or labels they hold
 RESUME_FREE = ("data.root", "data.num_workers", "data.eval_batch_size", "data.device_resident")
 #: the settings that decide which samples (and labels) make up the training and validation splits

@@ -233,14 +233,39 @@ class MethodConfig(Section):
                                                                 "labels (hard or mixed)")
 
 
+#: the optimizers kdlab builds itself; ``timm:NAME`` names one of timm's (``kdlab.engine.timm_optim``)
+OPTIMIZERS = ("sgd", "adam", "adamw")
+TIMM_PREFIX = "timm:"
+
+
 class OptimConfig(Section):
-    name: Literal["sgd", "adam", "adamw"] = "sgd"
+    """The optimizer: kdlab's ``sgd``, ``adam`` or ``adamw``, or ``timm:NAME`` built by
+    ``timm.optim.create_optimizer_v2`` (``timm:lamb``, ``timm:lars``, ...; needs timm) on kdlab's
+    parameter groups, with ``lr`` and ``weight_decay``, ``momentum`` where it takes one and ``betas``
+    where it takes two; its other settings are timm's defaults."""
+
+    name: str = Field("sgd", description="sgd, adam, adamw or timm:NAME (timm.optim.list_optimizers())")
     lr: Rate = 0.05
     momentum: float = Field(0.9, ge=0, lt=1)
     nesterov: bool = False
     weight_decay: Real32 = Field(5e-4, ge=0)
     betas: tuple[Beta, Beta] = Field((0.9, 0.999), strict=False, description="a list of two in YAML")
     no_decay_norm_bias: bool = Field(False, description="no weight decay on norm layers and biases")
+
+    @field_validator("name")
+    @classmethod
+    def _known_form(cls, name: str) -> str:
+        if name not in OPTIMIZERS and not re.fullmatch(rf"{TIMM_PREFIX}\w+", name):
+            raise ValueError(f"expected 'sgd', 'adam' or 'adamw', or timm:NAME (timm's optimizer NAME), not "
+                             f"{name!r}")
+        return name
+
+    @model_validator(mode="after")
+    def _nesterov_applies(self) -> OptimConfig:
+        if self.nesterov and self.name.startswith(TIMM_PREFIX):
+            raise ValueError(f"nesterov is kdlab's sgd setting; {self.name} takes timm's defaults (timm:sgd "
+                             "is Nesterov SGD, timm:momentum plain momentum SGD): unset nesterov")
+        return self
 
 
 class ScheduleConfig(Section):
@@ -308,7 +333,10 @@ class EarlyStoppingConfig(Section):
 
 class TrainConfig(Section):
     epochs: int | None = Field(None, gt=0)
-    steps: int | None = Field(None, gt=0, description="step budget (instead of epochs)")
+    steps: int | None = Field(None, gt=0, description="step budget in optimizer steps (instead of epochs)")
+    accumulate_grad_batches: int = Field(
+        1, gt=0, description="micro-batches of data.batch_size per optimizer step (the effective batch is "
+                             "their product); every step count counts optimizer steps")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     channels_last: bool = Field(True, description="channels_last memory format for 4-D inputs")
     compile: bool = False
@@ -325,7 +353,7 @@ class TrainConfig(Section):
         None, gt=0, description="evaluate (and checkpoint) every N epochs, or N steps if step-based; "
                                 "default: every epoch, or about 10 times in a step budget and at least once "
                                 "per epoch")
-    log_every: int = Field(50, gt=0, description="log losses, lr, img/s every N steps")
+    log_every: int = Field(50, gt=0, description="log losses, lr, img/s every N (optimizer) steps")
     select_metric: Literal["top1", "nll", "ece"] = "top1"
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     progress: bool = True

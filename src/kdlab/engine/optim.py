@@ -13,7 +13,8 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from kdlab.config.schema import OptimConfig, ScheduleConfig
+from kdlab.config.schema import TIMM_PREFIX, OptimConfig, ScheduleConfig
+from kdlab.engine.timm_optim import build_timm_optimizer
 
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 
@@ -34,7 +35,10 @@ def parameter_groups(module: nn.Module, weight_decay: float, no_decay_norm_bias:
 
 
 def build_optimizer(module: nn.Module, config: OptimConfig) -> torch.optim.Optimizer:
+    """kdlab's SGD, Adam or AdamW, or timm's optimizer for ``timm:NAME``, over ``parameter_groups``."""
     groups = parameter_groups(module, config.weight_decay, config.no_decay_norm_bias)
+    if config.name.startswith(TIMM_PREFIX):
+        return build_timm_optimizer(groups, config)
     if config.name == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
     if config.name == "adam":

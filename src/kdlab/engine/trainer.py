@@ -1,8 +1,9 @@
 """The Trainer: runs any Distiller. It knows methods only through the Distiller interface.
 
-It owns optimization (optimizer, per-step schedule, precision and grad scaling, clipping), the loop
-over an epoch- or step-based budget, evaluation on the validation split, checkpointing (``last.pt``
-every epoch, ``best.pt`` by the validation metric) and exact resume, logging, DDP and callbacks.
+It owns optimization (optimizer, per-step schedule, precision and grad scaling, clipping, gradient
+accumulation: :mod:`kdlab.engine.accumulation`), the loop over an epoch- or step-based budget,
+evaluation on the validation split, checkpointing (``last.pt`` every epoch, ``best.pt`` by the
+validation metric) and exact resume, logging, DDP and callbacks.
 It never sees the test split: the run layer evaluates test once training is over.
 """
 
@@ -20,10 +21,11 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from kdlab.config.schema import OptimConfig, ScheduleConfig, TrainConfig
+from kdlab.config.schema import TIMM_PREFIX, OptimConfig, ScheduleConfig, TrainConfig
 from kdlab.core import checkpoint, distributed
 from kdlab.core.errors import ConfigError, NonFiniteLossError
 from kdlab.data.batch import Batch, BatchSource
+from kdlab.engine.accumulation import Accumulation
 from kdlab.engine.cadence import eval_interval
 from kdlab.engine.callbacks import Callback
 from kdlab.engine.finite import refuse_non_finite
@@ -37,6 +39,7 @@ from kdlab.engine.selection import ResultSelection, choose_selection
 from kdlab.engine.stages import Stage, StageClock
 from kdlab.engine.summary_csv import write_summary_csv
 from kdlab.engine.sync_batchnorm import sync_batchnorm
+from kdlab.engine.timm_optim import check_timm_optimizer
 from kdlab.methods.base import Distiller, DistillOutput, StageInfo, StepContext, weighted_sum
 
 CHECKPOINT_FORMAT = 1
@@ -98,10 +101,11 @@ class Trainer:
             stages = [Stage("train", optim or OptimConfig(), schedule or ScheduleConfig(), train.epochs,
                             train.steps)]
         self.stages = list(stages)
-        self.steps_per_epoch = len(train_data)
-        if self.steps_per_epoch == 0:
+        if len(train_data) == 0:
             raise ConfigError("data.batch_size: the training split yields no batch; lower data.batch_size "
                               "or use more data")
+        self.accumulation = Accumulation(len(train_data), train.accumulate_grad_batches)
+        self.steps_per_epoch = self.accumulation.steps_per_epoch
         self.clock = StageClock(self.stages, self.steps_per_epoch)
         self.total_steps = self.clock.total_steps
         self.freezer = StageFreezer(self.distiller)
@@ -112,6 +116,9 @@ class Trainer:
             if not self.freezer.trainable(stage.freeze, stage.train_only):
                 raise ConfigError(f"stages.{i}: freeze / train_only leave stage {stage.name!r} no parameter "
                                   "to train")
+            if stage.optim.name.startswith(TIMM_PREFIX):
+                check_timm_optimizer(stage.optim.name, "optim.name" if len(self.stages) == 1
+                                     else f"stages.{i}.optim.name")
         self.context: StepContext | None = None
         self.stage_index = -1
         self.model: nn.Module = distiller
@@ -158,7 +165,7 @@ class Trainer:
 
     @property
     def epoch(self) -> float:
-        """Epochs of training done in the whole run."""
+        """Epochs of training done in the whole run (``step`` counts optimizer steps)."""
         return self.step / self.steps_per_epoch
 
     @property
@@ -224,21 +231,31 @@ class Trainer:
         return self.last_eval
 
     def _run_epoch(self) -> None:
-        """Up to one pass over the data, ending early at the end of the stage."""
+        """Up to one pass over the data, ending early at the end of the stage; one optimizer step per
+        group of ``train.accumulate_grad_batches`` batches."""
         epoch, skip = self.clock.data_epoch(self.step)
+        first = self.accumulation.first_batch(skip)
         stage_end = self.clock.end_of(self.stage_index)
         eval_every = eval_interval(self.stage, self.cfg.eval_every, self.steps_per_epoch)
         self.train_data.set_epoch(epoch)
         self.freezer.train()
         window_start, window_images = time.perf_counter(), 0
         started = time.perf_counter()
+        group: list[tuple[DistillOutput, Tensor]] = []
+        group_images = 0
         for index, batch in enumerate(self.train_data):
-            if index < skip:
+            if index < first:
                 started = time.perf_counter()
                 continue
-            output, loss = self._train_step(batch)
+            position, size = self.accumulation.group(index)
+            group.append(self._backward(batch, position, size))
+            group_images += batch.targets.numel()
+            if position < size - 1:
+                continue
+            output, loss = self._optimizer_step(group)
             self.step += 1
-            images = batch.targets.numel() * distributed.world_size()
+            images = group_images * distributed.world_size()
+            group, group_images = [], 0
             window_images += images
             self.images_seen += images
             self.console.advance(self.epoch)
@@ -270,22 +287,37 @@ class Trainer:
             else:
                 self.save_checkpoint()
 
-    def _train_step(self, batch: Batch) -> tuple[DistillOutput, Tensor]:
+    def _backward(self, batch: Batch, position: int, size: int) -> tuple[DistillOutput, Tensor]:
+        """Forward and backward of the batch at ``position`` in a group of ``size``, its loss divided by
+        ``size``; under DDP the gradients are all-reduced on the group's last batch only."""
         if self.cfg.channels_last and batch.inputs.dim() == 4:
             batch = batch._replace(inputs=batch.inputs.contiguous(memory_format=self.memory_format))
         self.context = self.step_context()
-        with self.precision.autocast():
-            output: DistillOutput = self.model(batch, self.context)
-        loss = weighted_sum(output.losses, self.context.weights)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        if position == 0:
+            self.optimizer.zero_grad(set_to_none=True)
+        deferred = position < size - 1 and isinstance(self.model, DistributedDataParallel)
+        with self.model.no_sync() if deferred else contextlib.nullcontext():
+            with self.precision.autocast():
+                output: DistillOutput = self.model(batch, self.context)
+            loss = weighted_sum(output.losses, self.context.weights)
+            self.scaler.scale(loss / size).backward()
+        return DistillOutput({k: v.detach() for k, v in output.losses.items()}, output.logits.detach()), \
+            loss.detach()
+
+    def _optimizer_step(self, group: list[tuple[DistillOutput, Tensor]]) -> tuple[DistillOutput, Tensor]:
+        """Clip, step the optimizer, grad scaler and schedule once for the group; returns its mean loss
+        terms (with the last batch's logits) and mean loss."""
         if self.cfg.grad_clip is not None:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
-        return output, loss
+        if len(group) == 1:
+            return group[0]
+        outputs = [out for out, _ in group]
+        terms = {k: torch.stack([out.losses[k] for out in outputs]).mean() for k in outputs[-1].losses}
+        return DistillOutput(terms, outputs[-1].logits), torch.stack([loss for _, loss in group]).mean()
 
     def _check_finite(self, output: DistillOutput, loss: Tensor) -> None:
         self.checked_losses = output.losses

@@ -17,7 +17,7 @@ def parameter_count(model: nn.Module) -> str:
 
 def banner(config: RunConfig, data: DataBundle, trainer: Trainer, run_dir: Path | None) -> str:
     """Run directory, device and precision, the models with their parameter counts, the split sizes
-    and the budget, in one line."""
+    and the budget in optimizer steps with the (effective) batch, in one line."""
     distiller = trainer.distiller
     models = f"student {config.student.name} ({parameter_count(distiller.student)} params)"
     if distiller.teacher is not None:
@@ -25,6 +25,8 @@ def banner(config: RunConfig, data: DataBundle, trainer: Trainer, run_dir: Path 
         models += f" from teacher {name} ({parameter_count(distiller.teacher)} params)"
     sizes = "/".join(str(s.num_samples) if s is not None else "0" for s in (data.train, data.val, data.test))
     epochs = trainer.total_steps / trainer.steps_per_epoch
+    size, every = config.data.batch_size, config.train.accumulate_grad_batches
+    batch = f"batch {size}" if every == 1 else f"batch {every * size} ({every} x {size} accumulated)"
     return (f"kdlab: run {run_dir or '(not written)'} | {config.method.name} on {trainer.device.type}, "
             f"{trainer.precision.name} | {models} | {config.data.name} train/val/test {sizes} | "
-            f"{trainer.total_steps} steps ({epochs:.3g} epochs)")
+            f"{trainer.total_steps} steps ({epochs:.3g} epochs) of {batch}")

@@ -18,6 +18,7 @@ from kdlab.core import distributed
 from kdlab.core.errors import RunInterrupted
 from kdlab.data import UserData
 from kdlab.engine import Callback, Trainer
+from kdlab.engine.accumulation import Accumulation
 from kdlab.engine.averaging import build_averager
 from kdlab.engine.early_stopping import EarlyStopping
 from kdlab.engine.stages import StageClock, plan_stages
@@ -64,7 +65,8 @@ def train(
     replay = attach_teacher_cache(config, data, distiller, runtime.device)
     stages = plan_stages(config, None if config.stages else distiller.default_stages(config))
     if replay is not None:
-        clock = StageClock(stages, len(data.train))
+        clock = StageClock(stages, Accumulation(len(data.train), config.train.accumulate_grad_batches)
+                           .steps_per_epoch)
         replay.require(clock.data_epoch(clock.total_steps - 1)[0] + 1)
     averager = build_averager(config.averaging, bn_source=data.train)
     stopping = config.train.early_stopping
