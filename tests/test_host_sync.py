@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from kdlab.config import validate
+from kdlab.engine.precision import cpu_supports_bf16
 from kdlab.engine.trainer import Trainer
 from kdlab.models import build_model
 from kdlab.run import train
@@ -89,7 +90,8 @@ def test_training_steps_make_no_host_sync(method, monkeypatch, tmp_path):
         "student": {"name": "resnet8"},
         "method": {"name": method, "params": PARAMS.get(method, {})},
         "optim": {"name": "sgd", "lr": 0.01},
-        "train": {"steps": 8, "precision": "bf16", "progress": False, "log_every": 1000},
+        "train": {"steps": 8, "precision": "bf16" if cpu_supports_bf16() else "fp32", "progress": False,
+                  "log_every": 1000},
         "out_dir": str(tmp_path), "name": method,
     }
     teacher = None
