@@ -18,17 +18,9 @@ from kdlab.engine.logger import read_metrics
 from kdlab.methods import DistillContext, build_distiller
 from kdlab.run import train
 from tests.helpers import one_line_error, write
+from tests.test_train import Interrupt
 
 NO_BN = {"name": "cnn_tiny", "kwargs": {"batchnorm": False}}
-
-
-class Interrupt(Callback):
-    def __init__(self, at_step: int) -> None:
-        self.at_step = at_step
-
-    def on_step_end(self, trainer) -> None:
-        if trainer.step == self.at_step:
-            raise KeyboardInterrupt
 
 
 def config(digits_config, name, batch_size, every, **train_settings):
