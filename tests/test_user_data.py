@@ -213,3 +213,14 @@ def test_random_samples_are_never_frozen_into_the_device_resident_path():
     random_inside = bundle(RandomInside(images[:90], labels[:90]), test, classes=3)
     wrapped = bundle(torch.utils.data.Subset(FloatDicts(images, labels), range(90)), test, classes=3)
     assert isinstance(random_inside.train, StreamBatchSource) and isinstance(wrapped.train, StreamBatchSource)
+
+
+def test_a_given_teacher_module_is_left_as_it_was(tmp_path):
+    images, labels = tensors()
+    teacher = build_model("resnet8", 3)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    kdlab.distill(teacher, "cnn_tiny", TensorDataset(images[:90], labels[:90]),
+                  test=TensorDataset(images[90:], labels[90:]), steps=2, out_dir=tmp_path, overrides=FAST)
+    assert teacher.training and all(p.requires_grad for p in teacher.parameters())
+    assert all(type(m) is nn.BatchNorm2d for m in teacher.modules() if isinstance(m, nn.BatchNorm2d))
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())

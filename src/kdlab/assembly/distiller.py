@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 from torch import nn
@@ -34,9 +35,12 @@ def build_teacher_ensemble(configs: Sequence[ModelConfig], data: DataBundle) -> 
 def build_run_distiller(config: RunConfig, data: DataBundle, *, student: nn.Module | None = None,
                         teacher: nn.Module | None = None) -> Distiller:
     """The run's distiller: student, teacher(s) and method from the config (given modules win; a given
-    teacher expects the config's ``mean``/``std``, else the data's)."""
+    teacher expects the config's ``mean``/``std``, else the data's, and is copied, so that freezing it
+    and its fast path leave the caller's module as it was; a given student is trained in place)."""
     student = student if student is not None else build_network(config.student, data, "student")
     given_teacher = teacher is not None
+    if given_teacher:
+        teacher = copy.deepcopy(teacher)
     if teacher is None and config.teacher is not None:
         teacher = build_teacher(config.teacher, data, "teacher")
     if teacher is None and config.teachers:

@@ -211,6 +211,30 @@ class DataConfig(Section):
         return workers
 
 
+class TeacherFastConfig(Section):
+    """A teacher's fast path (``kdlab.models.fast``), each piece exact up to the precision in use:
+    ``fast: false`` turns every piece off, ``fast: true`` (or unset) keeps these defaults."""
+
+    fold_bn: bool = Field(True, description="fold eval-mode BatchNorm into the convolution before it")
+    cast: bool = Field(True, description="cast conv/linear weights to the autocast dtype once, not at every "
+                                         "forward")
+    channels_last: bool | None = Field(None, description="channels_last weights; default: "
+                                                         "train.channels_last")
+    compile: bool | None = Field(None, description="torch.compile the teacher alone (no-grad, inductor "
+                                                   "freezing); default: train.compile")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _switch(cls, value: Any) -> Any:
+        if value is True:
+            return {}
+        if value is False:
+            return {"fold_bn": False, "cast": False, "channels_last": False, "compile": False}
+        if not isinstance(value, dict | TeacherFastConfig):
+            raise ValueError("use true, false or a mapping of fold_bn, cast, channels_last, compile")
+        return value
+
+
 class ModelConfig(Section):
     """A model by registry name (``resnet8x4``, ``torchvision:resnet18``, ``timm:...``)."""
 
@@ -221,6 +245,12 @@ class ModelConfig(Section):
     std: list[PositiveFloat] | None = None
     kwargs: dict[str, Any] = Field(default_factory=dict)
     freeze_bn: bool = Field(False, description="BatchNorm stays in eval mode while training (DomainBed)")
+    fast: TeacherFastConfig | None = Field(None, description="a teacher's fast path (true, false or its "
+                                                             "pieces); unset: on")
+
+    def fast_path(self) -> TeacherFastConfig:
+        """The fast path of this model as a teacher (the defaults when unset)."""
+        return self.fast if self.fast is not None else TeacherFastConfig()
 
 
 class MethodConfig(Section):
@@ -431,6 +461,11 @@ class RunConfig(Section):
     out_dir: str = "runs"
     name: str | None = Field(None, description="the run directory's name under out_dir (default: made up)")
 
+    def teacher_fast(self) -> TeacherFastConfig | None:
+        """The fast path of the teacher (of every member of the ensemble), or None without a teacher."""
+        teacher = self.teacher or next(iter(self.teachers), None)
+        return teacher.fast_path() if teacher is not None else None
+
     @field_validator("name")
     @classmethod
     def _plain_name(cls, name: str | None) -> str | None:
@@ -453,6 +488,12 @@ class RunConfig(Section):
                              "budget into a step budget)")
         if self.teacher is not None and self.teachers:
             raise ValueError("set 'teacher' (one model) or 'teachers' (an ensemble), not both")
+        if self.student.fast is not None:
+            raise ValueError("student.fast: the fast path is for frozen teachers; remove it from student")
+        for i, member in enumerate(self.teachers[1:], 1):
+            if member.fast_path() != self.teachers[0].fast_path():
+                raise ValueError(f"teachers.{i}.fast: every member of an ensemble takes the same fast path; "
+                                 "set it as in teachers.0")
         names = [stage.name for stage in self.stages]
         if len(set(names)) != len(names):
             raise ValueError(f"stage names must be unique: {names}")

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from kdlab.config.schema import TIMM_PREFIX, OptimConfig, ScheduleConfig, TrainConfig
+from kdlab.config.schema import TIMM_PREFIX, OptimConfig, ScheduleConfig, TeacherFastConfig, TrainConfig
 from kdlab.core import checkpoint, distributed
 from kdlab.core.errors import ConfigError, NonFiniteLossError
 from kdlab.data.batch import Batch, BatchSource
@@ -39,6 +39,7 @@ from kdlab.engine.selection import ResultSelection, choose_selection
 from kdlab.engine.stages import Stage, StageClock
 from kdlab.engine.summary_csv import write_summary_csv
 from kdlab.engine.sync_batchnorm import sync_batchnorm
+from kdlab.engine.teacher_fast import teacher_plan
 from kdlab.engine.timm_optim import check_timm_optimizer
 from kdlab.methods.base import Distiller, DistillOutput, StageInfo, StepContext, weighted_sum
 
@@ -71,11 +72,14 @@ class Trainer:
         config: dict[str, Any] | None = None,
         selection: ResultSelection | None = None,
         class_breakdown: ClassBreakdown | None = None,
+        teacher_fast: TeacherFastConfig | None = None,
     ) -> None:
         """``stages`` is the run's plan; without it, one stage from ``optim``, ``schedule`` and the
         budget in ``train`` (``epochs`` or ``steps``). ``class_breakdown`` adds per-class (and per-group)
         top-1 to every evaluation. ``selection`` is the run's result (default: an averaging callback's
-        model, else the method's deployable model; see :mod:`kdlab.engine.selection`)."""
+        model, else the method's deployable model; see :mod:`kdlab.engine.selection`). ``teacher_fast``
+        is the teacher's fast path (default: on; :mod:`kdlab.models.fast`), applied once here, after the
+        method registered its feature taps; :attr:`teacher_notes` says what it did."""
         self.cfg = train
         self.device = device
         self.train_data = train_data
@@ -89,13 +93,15 @@ class Trainer:
         self.distiller = distiller.place(device)
         self.memory_format = torch.channels_last if train.channels_last else torch.contiguous_format
         if train.channels_last:
-            self.distiller.place(memory_format=torch.channels_last)
+            self.distiller.to(memory_format=torch.channels_last)
         if train.sync_batchnorm and distributed.world_size() > 1:
             sync_batchnorm(self.distiller, device)
         if train.compile:
             self.distiller.student.compile(mode=train.compile_mode)
-            if self.distiller.teacher is not None:
-                self.distiller.teacher.compile(mode=train.compile_mode)
+        self.teacher_notes: list[str] = []
+        if self.distiller.frozen is not None:
+            plan = teacher_plan(teacher_fast or TeacherFastConfig(), train, self.precision)
+            self.teacher_notes = self.distiller.frozen.speed_up(plan, self.distiller.context.input_shape)
 
         if stages is None:
             stages = [Stage("train", optim or OptimConfig(), schedule or ScheduleConfig(), train.epochs,

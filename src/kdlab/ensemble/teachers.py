@@ -9,10 +9,12 @@ names, shapes and dtypes), the members' parameters and buffers are stacked
 (``torch.func.stack_module_state``) and one ``torch.func.functional_call`` of a weightless skeleton is
 vectorized over them with ``torch.func.vmap``: one call instead of a Python loop of M. The stacked
 copy is rebuilt lazily after the ensemble is moved or cast; call :meth:`TeacherEnsemble.refresh` after
-changing a member's weights in place. ``batched=None`` (default) uses the batched call for matching
-members on accelerators and the loop on CPU, where ``benchmarks/ensemble_teachers.py`` measured the
-loop faster (vmap turns each convolution into a grouped convolution and splits batch norm into
-separate passes; see BENCHMARKS.md). ``batched=True``/``False`` forces one path.
+changing a member's weights in place, and :meth:`TeacherEnsemble.restack` after changing the members'
+modules in place (BatchNorm folded into their convolutions, say). ``batched=None`` (default) uses the
+batched call for matching members on accelerators and the loop on CPU, where
+``benchmarks/ensemble_teachers.py`` measured the loop faster (vmap turns each convolution into a grouped
+convolution and splits batch norm into separate passes; see BENCHMARKS.md). ``batched=True``/``False``
+forces one path.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from kdlab.ensemble.batchensemble import ensemble_log_probs
+from kdlab.models.hooks import drop_hooks
 
 
 def architecture_signature(model: nn.Module) -> tuple:
@@ -50,12 +53,8 @@ class TeacherEnsemble(nn.Module):
         self.members = nn.ModuleList(models)
         self.members.requires_grad_(False)
         self.members.eval()
-        self.stackable = same_architecture(list(models))
-        if batched and not self.stackable:
-            raise ValueError("batched=True needs members of one architecture; these differ")
         self.batched = batched
-        self.__dict__["_skeleton"] = copy.deepcopy(models[0]).to("meta") if self.stackable else None
-        self.__dict__["_stacked"] = None
+        self.restack()
 
     def __len__(self) -> int:
         return len(self.members)
@@ -68,6 +67,19 @@ class TeacherEnsemble(nn.Module):
         super()._apply(fn, recurse)
         self.refresh()
         return self
+
+    def restack(self) -> None:
+        """Check again whether the members can be stacked, and copy the weightless skeleton of the batched
+        call from the first member as it is now (without its feature hooks)."""
+        self.stackable = same_architecture(list(self.members))
+        if self.batched and not self.stackable:
+            raise ValueError("batched=True needs members of one architecture; these differ")
+        skeleton = None
+        if self.stackable:
+            skeleton = copy.deepcopy(self.members[0]).to("meta")
+            drop_hooks(skeleton)
+        self.__dict__["_skeleton"] = skeleton
+        self.__dict__["_stacked"] = None
 
     def refresh(self) -> None:
         """Drop the stacked copy of the members' weights; it is rebuilt at the next batched call."""

@@ -31,7 +31,9 @@ from kdlab.config.load import explain
 from kdlab.config.schema import RunConfig, StageConfig
 from kdlab.core.errors import ConfigError
 from kdlab.data.batch import Batch
+from kdlab.ensemble import TeacherEnsemble
 from kdlab.methods.labels import label_cross_entropy
+from kdlab.models.fast import FastPlan, compile_frozen, describe, prepare_frozen
 from kdlab.models.hooks import FeatureTaps
 
 
@@ -131,6 +133,28 @@ class FrozenTeacher:
         module.eval()
         module.requires_grad_(False)
         self.module = module
+        #: whether :meth:`speed_up` has changed the module (its state_dict is then no longer the weights
+        #: it was built with)
+        self.sped_up = False
+
+    def speed_up(self, plan: FastPlan, input_shape: Sequence[int] | None = None) -> list[str]:
+        """Put the teacher (every member of an ensemble) on the fast path of ``plan``, in place, after its
+        feature taps are registered (a tap of a pre-BN output keeps that pair unfolded); ``input_shape``
+        (C, H, W) lets a model fx cannot trace be exported. Returns log lines saying what was done."""
+        ensemble = isinstance(self.module, TeacherEnsemble)
+        members = list(self.module.members) if ensemble else [self.module]
+        lines = []
+        for i, member in enumerate(members):
+            report = prepare_frozen(member, plan, input_shape)
+            name = f"teacher{f' {i}' if ensemble else ''} ({type(member).__name__})"
+            lines += describe(name, plan, report)
+        if ensemble:
+            self.module.restack()
+        if plan.compile:
+            for member in members:
+                compile_frozen(member, plan.compile_mode)
+        self.sped_up = True
+        return lines
 
 
 class Distiller(nn.Module):

@@ -8,7 +8,9 @@ read (the input of a block's final ReLU).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -98,3 +100,34 @@ class FeatureTaps:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def has_output_hooks(module: nn.Module) -> bool:
+    """Whether a forward hook (something reading the module's output) is registered on ``module``."""
+    return bool(module._forward_hooks)
+
+
+def has_input_hooks(module: nn.Module) -> bool:
+    """Whether a forward pre-hook (something reading the module's input) is registered on ``module``."""
+    return bool(module._forward_pre_hooks)
+
+
+@contextlib.contextmanager
+def hooks_suspended(model: nn.Module) -> Iterator[None]:
+    """No forward (pre-)hook of ``model``'s modules runs inside the block (a trace calls ``forward`` on
+    proxies, which a tap must not record); every hook is back after it."""
+    saved = [(m, m._forward_hooks, m._forward_pre_hooks) for m in model.modules()]
+    for module, _, _ in saved:
+        module._forward_hooks, module._forward_pre_hooks = OrderedDict(), OrderedDict()
+    try:
+        yield
+    finally:
+        for module, forward, pre in saved:
+            module._forward_hooks, module._forward_pre_hooks = forward, pre
+
+
+def drop_hooks(model: nn.Module) -> None:
+    """Remove every forward (pre-)hook of ``model``'s modules (for a copy that must not record features)."""
+    for module in model.modules():
+        module._forward_hooks.clear()
+        module._forward_pre_hooks.clear()

@@ -86,7 +86,8 @@ def train(
         trainer = Trainer(distiller, data.train, data.val, stages=stages, train=config.train,
                           device=runtime.device, run_dir=run_dir, callbacks=run_callbacks,
                           config=config.model_dump(mode="json"),
-                          class_breakdown=class_breakdown(config, data))
+                          class_breakdown=class_breakdown(config, data),
+                          teacher_fast=config.teacher_fast())
         if resume_from is not None:
             trainer.load_checkpoint(resume_from)
         else:
@@ -95,6 +96,8 @@ def train(
             write_start(run_dir, config, data)
         if distributed.is_main():
             log.info(banner(config, data, trainer, run_dir))
+            for note in trainer.teacher_notes:
+                log.info("teacher fast path: %s", note)
 
         started = time.perf_counter()
         try:

@@ -25,6 +25,7 @@ from kdlab.core.errors import ConfigError
 from kdlab.data.batch import ReplayableSource
 from kdlab.data.order import epoch_generator
 from kdlab.engine.precision import resolve_precision
+from kdlab.engine.teacher_fast import teacher_plan
 from kdlab.ensemble import member_logits
 from kdlab.methods import Distiller
 from kdlab.teacher_cache.layout import FORMAT_VERSION, CacheError, CacheLayout, cache_bytes, num_chunks
@@ -118,7 +119,11 @@ def fill_teacher_cache(config: RunConfig, *, shard: int = 0, num_shards: int = 1
     except CacheError as exc:
         raise ConfigError(str(exc)) from None
     arrays = layout.open_arrays(meta, mode="r+")
-    autocast = resolve_precision(config.train.precision, device).autocast()
+    precision = resolve_precision(config.train.precision, device)
+    plan = teacher_plan(config.teacher_fast(), config.train, precision)
+    for note in distiller.frozen.speed_up(plan, data.input_shape):
+        log.info("kdlab cache-teacher: teacher fast path: %s", note)
+    autocast = precision.autocast()
     chunks = num_chunks(meta)
     log.info("kdlab cache-teacher: %s, %d epochs x %d samples, %.2f GB", layout.root, meta["epochs"],
              meta["num_samples"], cache_bytes(meta) / 1e9)

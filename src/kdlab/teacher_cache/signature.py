@@ -50,6 +50,9 @@ def run_signature(config: RunConfig, data: DataBundle, distiller: Distiller) -> 
     if cache.outputs == "topk" and cache.topk >= data.num_classes:
         raise CacheError(f"teacher_cache.topk: {cache.topk} is not below the {data.num_classes} classes; "
                          "use outputs: logits")
+    if distiller.frozen.sped_up:
+        raise RuntimeError("the teacher cache fingerprint is taken from the teacher's weights as built, "
+                           "before its fast path (folding, casting) changes them")
     teacher = config.teacher or next(iter(config.teachers), None)
     signature: dict[str, Any] = {
         "num_samples": data.train.num_samples,
