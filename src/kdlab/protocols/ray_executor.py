@@ -53,10 +53,13 @@ def run_kdlab(argv: list[str], log: str, threads: int, cwd: str) -> int:
 
 
 class RayHandle:
+    """A Ray task in flight; when Ray loses it (its worker or node died, or the task could not start),
+    the reason is appended to the run's log."""
+
     pid = None
 
-    def __init__(self, ref: ray.ObjectRef) -> None:
-        self.ref = ref
+    def __init__(self, ref: ray.ObjectRef, log: Path) -> None:
+        self.ref, self.log = ref, log
 
     def _code(self, timeout: float) -> int | None:
         try:
@@ -65,7 +68,10 @@ class RayHandle:
             return None
         except TaskCancelledError:
             return INTERRUPTED
-        except RayError:
+        except RayError as exc:
+            reason = ([line.strip() for line in str(exc).splitlines() if line.strip()] or [""])[-1]
+            with self.log.open("a") as handle:
+                handle.write(f"kdlab: Ray lost the run ({type(exc).__name__}): {reason}\n")
             return LOST
 
     def poll(self) -> int | None:
@@ -98,8 +104,8 @@ class RayExecutor:
         self.remote = run_kdlab.options(num_cpus=config.num_cpus, num_gpus=config.num_gpus)
 
     def start(self, task: Task) -> Handle:
-        return RayHandle(self.remote.remote(task.argv, str(task.log.resolve()), self.threads,
-                                            str(task.cwd.resolve())))
+        ref = self.remote.remote(task.argv, str(task.log.resolve()), self.threads, str(task.cwd.resolve()))
+        return RayHandle(ref, task.log)
 
     def describe(self) -> str:
         where = self.config.address or "a Ray instance on this machine"
