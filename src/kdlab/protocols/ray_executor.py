@@ -7,9 +7,11 @@ configs must lie on a filesystem every node sees at the same path, which is also
 lost node left behind resume from its ``last.pt`` on another. Ray does not retry a task itself
 (``max_retries=0``): the protocol's runner decides, so a retry is rebuilt as a resume.
 
-Ctrl-C is ``ray.cancel``: the task passes SIGINT to its subprocess (which ends at a clean point) and
-returns its exit code; ``kill`` cancels with ``force``, ending the worker process and, through
-``PR_SET_PDEATHSIG``, its subprocess.
+Ctrl-C is ``ray.cancel``: the task passes SIGINT to its subprocess and waits for it, so no run outlives
+its task on a cluster the driver joined; a Ray instance the driver started is shut down after, ending
+its workers and, through ``PR_SET_PDEATHSIG``, their subprocesses (as when a worker or the driver is
+killed: Ray ends a dead driver's tasks). ``kill`` cancels with ``force``. Either way the run continues
+from its latest ``last.pt`` (written at every evaluation) when the study is rerun.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import threading
 from pathlib import Path
 
 import ray
@@ -96,11 +99,14 @@ class RayExecutor:
         self.config, self.capacity, self.threads = config, workers, threads
         self.owned = not ray.is_initialized()
         if self.owned:
+            on_sigterm = signal.getsignal(signal.SIGTERM)
             try:
                 ray.init(address=config.address, log_to_driver=False)
             except ConnectionError as exc:
                 raise ConfigError(f"executor.address (--ray-address): cannot reach a Ray cluster at "
                                   f"{config.address!r}: {str(exc).splitlines()[0]}") from None
+            if on_sigterm is not None and threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGTERM, on_sigterm)  # ray.init replaces it; a polite kill stays Ctrl-C
         self.remote = run_kdlab.options(num_cpus=config.num_cpus, num_gpus=config.num_gpus)
 
     def start(self, task: Task) -> Handle:
