@@ -99,7 +99,7 @@ def test_a_killed_ray_worker_is_retried_and_resumes_from_last_pt(tmp_path, ray_a
     assert [r["id"] for r in records] == [job] and records[0]["steps"] == 300
 
 
-def test_a_killed_driver_on_ray_then_rerun_loses_nothing_and_repeats_nothing(tmp_path, ray_address):
+def test_a_killed_or_stopped_driver_on_ray_then_rerun_loses_and_repeats_nothing(tmp_path, ray_address):
     tree = study_tree(tmp_path, methods=[{"name": "ce"}], conditions={}, seeds=[0, 1], workers=1,
                       executor={"backend": "ray", "address": ray_address})
     path = tmp_path / "study.yaml"
@@ -115,6 +115,13 @@ def test_a_killed_driver_on_ray_then_rerun_loses_nothing_and_repeats_nothing(tmp
     stamp = (study_dir / "runs" / first / "summary.json").stat().st_mtime_ns
     orphan = logged_pids(study_dir / "logs" / f"{second}.log", "run pid")[0]
     wait_gone(orphan)  # Ray ends a dead driver's tasks
+    driver = subprocess.Popen([sys.executable, "-m", "kdlab.cli.main", "study", str(path)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(lambda: len(logged_pids(study_dir / "logs" / f"{second}.log", "run pid")) == 2, 300)
+    driver.send_signal(signal.SIGTERM)  # a polite kill stops the runs like Ctrl-C, ray.init or not
+    assert driver.wait(timeout=120) == 130
+    assert json.loads((study_dir / "status" / f"{second}.json").read_text())["state"] == "interrupted"
+    wait_gone(logged_pids(study_dir / "logs" / f"{second}.log", "run pid")[1])
     assert cli_main(["study", str(path)]) == 0
     assert sorted(r["id"] for r in read_results(study_dir / "results.jsonl")) == [first, second]
     assert (study_dir / "runs" / first / "summary.json").stat().st_mtime_ns == stamp
