@@ -71,10 +71,6 @@ class Study:
     def run_dir(self, job: Job) -> Path:
         return self.dir / "runs" / job.id
 
-    def finished(self, job: Job) -> bool:
-        """Whether ``job``'s run has a readable ``summary.json`` (a torn one is an unfinished run)."""
-        return read_summary(self.run_dir(job)) is not None
-
     def _record(self, run: Run, skipped: bool) -> None:
         """List the finished ``run`` in results.jsonl (once)."""
         job = self.by_id[run.id]
