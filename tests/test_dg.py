@@ -11,6 +11,11 @@ from tests.test_data import write_mnist
 
 @pytest.fixture
 def dg_files(tmp_path):
+    return write_dg_files(tmp_path)
+
+
+def write_dg_files(tmp_path):
+    """A tiny colored-MNIST setup: a ce teacher config and a kd (+WAKD) student config."""
     write_mnist(tmp_path / "data" / "MNIST" / "raw", gz=False, n_train=60, n_test=12)
     recipe = {
         "data": {"name": "colored_mnist", "root": str(tmp_path / "data"), "batch_size": 4,

@@ -15,6 +15,7 @@ from kdlab.config.load import load_config
 from kdlab.core import distributed
 from kdlab.core.checkpoint import NO_SPACE
 from kdlab.core.errors import ConfigError, RunInterrupted, UserError
+from kdlab.protocols.executor import ExecutorConfig
 
 CHECKPOINT_HELP = "a kdlab checkpoint, or a run directory (the model its summary reports: averaged.pt, " \
                   "best.pt or last.pt)"
@@ -66,11 +67,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def executor_config(args: argparse.Namespace, base: ExecutorConfig) -> ExecutorConfig:
+    """``base`` (a study file's ``executor`` section) with the command line's executor flags laid over it;
+    ``--ray-address`` implies ``--backend ray``."""
+    flags = {"backend": args.backend, "address": args.ray_address, "num_cpus": args.num_cpus,
+             "num_gpus": args.num_gpus, "retries": args.retries}
+    if args.ray_address is not None:
+        if args.backend == "local":
+            raise ConfigError("--ray-address: names a Ray cluster, which --backend local does not use")
+        flags["backend"] = "ray"
+    given = {key: value for key, value in flags.items() if value is not None}
+    return ExecutorConfig.model_validate({**base.model_dump(), **given})
+
+
 def cmd_study(args: argparse.Namespace) -> int:
     from kdlab.protocols.study import Study
     from kdlab.protocols.study_schema import load_study
 
     config, folder = load_study(args.study)
+    config.executor = executor_config(args, config.executor)
     study = Study(config, folder, workers=args.workers)
     if args.dry_run:
         study.check()
@@ -107,11 +122,21 @@ def cmd_dg(args: argparse.Namespace) -> int:
 
     configs = [c for c in args.configs if "=" not in c]
     overrides = [c for c in args.configs if "=" in c]
-    text = run_dg(configs, overrides, teacher=args.teacher, seeds=args.seeds, targets=args.targets,
-                  out_dir=args.out_dir, split_seed=args.split_seed, quiet=args.quiet)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        outcome, text = run_dg(configs, overrides, teacher=args.teacher, seeds=args.seeds,
+                               targets=args.targets, out_dir=args.out_dir, split_seed=args.split_seed,
+                               executor=executor_config(args, ExecutorConfig()), workers=args.workers,
+                               echo=(lambda _: None) if args.quiet else print)
+    except KeyboardInterrupt:
+        print("kdlab: interrupted; rerun the same kdlab dg command to resume", file=sys.stderr)
+        return 130
     print(text)
     print(f"results: {Path(args.out_dir) / 'results.md'} and {Path(args.out_dir) / 'results.jsonl'}")
-    return 0
+    if not outcome.ok:
+        print(f"kdlab: {len(outcome.failed)} run(s) failed and {len(outcome.blocked)} blocked; their output "
+              f"is in {Path(args.out_dir) / 'logs'}", file=sys.stderr)
+    return 0 if outcome.ok else 1
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -122,6 +147,33 @@ def cmd_export(args: argparse.Namespace) -> int:
                             check_batch=args.check_batch, model=args.model)
     print(json.dumps(report, indent=2))
     return 0
+
+
+def amount(*, zero: bool) -> Callable[[str], float]:
+    """An argparse type: a number above 0 (or, with ``zero``, of at least 0)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not (value >= 0 if zero else value > 0) or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"expected a number {'of at least' if zero else 'above'} 0, "
+                                             f"got {text}")
+        return value
+
+    return parse
+
+
+def executor_flags(p: argparse.ArgumentParser) -> None:
+    """The flags that choose where runs execute (docs/scaling.md)."""
+    p.add_argument("--backend", choices=["local", "ray"],
+                   help="local subprocesses (default) or Ray tasks (pip install \"kdlab[ray]\")")
+    p.add_argument("--ray-address", metavar="ADDRESS",
+                   help="ray: 'auto' or HOST:PORT of a running cluster (default: start Ray on this machine)")
+    p.add_argument("--num-cpus", type=amount(zero=False), help="ray: CPUs per run (default 1; its threads)")
+    p.add_argument("--num-gpus", type=amount(zero=True), help="ray: GPUs per run (default 0)")
+    p.add_argument("--retries", type=count(0), help="tries again of a failed run, each resuming (default 1)")
 
 
 def count(minimum: int) -> Callable[[str], int]:
@@ -184,7 +236,9 @@ def parser() -> argparse.ArgumentParser:
                    help="one in/out split for every seed (and one teacher per target); default: split = seed")
     p.add_argument("--targets", nargs="+", help="target domains by index or name (default: all)")
     p.add_argument("--out-dir", default="runs/dg")
-    p.add_argument("--quiet", action="store_true", help="no progress bars; log lines only")
+    p.add_argument("--workers", type=count(1), help="parallel runs (default: 1 locally; on ray, no cap)")
+    p.add_argument("--quiet", action="store_true", help="the table only: no line per run started or done")
+    executor_flags(p)
     p.set_defaults(func=cmd_dg)
 
     p = sub.add_parser("export", help="a trained student as a state_dict, TorchScript and ONNX, checked")
@@ -201,6 +255,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("study", help="study YAML file")
     p.add_argument("--workers", type=count(1), help="parallel runs (default: the study file's 'workers')")
     p.add_argument("--dry-run", action="store_true", help="list the runs and exit")
+    executor_flags(p)
     p.set_defaults(func=cmd_study)
 
     p = sub.add_parser("report", help="markdown tables and PNG plots from a study's results.jsonl")

@@ -23,16 +23,20 @@ cost) and ``OUT/results.md``: one row per config, one column per target domain w
 standard error over seeds (DomainBed's convention, std / sqrt(n); a cell of one seed shows its value
 alone), and their average. Both files cover every finished run of the output directory: a call merges
 its runs into the ``results.jsonl`` already there (one line per run directory), so another seed or
-config adds rows instead of replacing the table. Finished runs (with a readable ``summary.json``) are
-reused; interrupted ones resume from ``last.pt``.
+config adds rows instead of replacing the table.
+
+The runs go to the same executor as a study's (:mod:`.runner` on :mod:`.executor`: local subprocesses,
+``workers`` at a time, or Ray tasks), each student after its teacher, with the same guarantees: finished
+runs (a readable ``summary.json``) are reused, interrupted ones resume from ``last.pt``, a failed run is
+tried again ``retries`` times and its students are blocked. ``OUT/configs``, ``OUT/logs`` and
+``OUT/status`` hold each run's config, output and state.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,10 +44,10 @@ from typing import Any
 from kdlab.config.load import ConfigError, apply_overrides, read_yaml, set_dotted, validate
 from kdlab.config.schema import RunConfig
 from kdlab.data.domains import DOMAIN_SETS, DomainSet
+from kdlab.protocols.executor import ExecutorConfig, make_executor
 from kdlab.protocols.records import read_results, read_summary
-from kdlab.run import train
+from kdlab.protocols.runner import Outcome, Run, Runner
 
-log = logging.getLogger("kdlab")
 SHARED_DATA_KEYS = ("name", "root", "val_fraction")
 SHARED_OPTIONS = ("domain_size", "data_seed")
 PLACEHOLDERS = ("{target}", "{seed}")
@@ -148,17 +152,24 @@ def plan(configs: Sequence[str | Path], overrides: Sequence[str] = (), *, teache
     return spec, runs
 
 
-def execute(runs: Sequence[RunSpec], quiet: bool = False) -> None:
+def as_runs(runs: Sequence[RunSpec], out_dir: str | Path) -> list[Run]:
+    """The runner's runs: ids from the run directories, each student after the teacher run it names."""
+    out = Path(out_dir)
+    ids = {str(run.run_dir): "__".join(run.run_dir.relative_to(out).parts) for run in runs}
+    return [Run(ids[str(run.run_dir)], run.run_dir, run.config.model_dump(mode="json"),
+                ids.get(run.config.teacher.checkpoint) if run.config.teacher is not None else None)
+            for run in runs]
+
+
+def execute(runs: Sequence[RunSpec], out_dir: str | Path, executor: ExecutorConfig | None = None, *,
+            workers: int | None = None, echo: Callable[[str], None] = print) -> Outcome:
     """Train every run that has no ``summary.json`` yet (resuming those with a ``last.pt``)."""
-    for i, run in enumerate(runs, 1):
-        if read_summary(run.run_dir) is not None:
-            continue
-        config = run.config
-        if quiet:
-            config.train.progress = False
-        resume = run.run_dir if (run.run_dir / "last.pt").is_file() else None
-        log.info("kdlab dg: run %d/%d: %s", i, len(runs), run.run_dir)
-        train(config, resume=resume)
+    config = executor or ExecutorConfig()
+    backend = make_executor(config, workers=workers)
+    try:
+        return Runner(Path(out_dir), backend, retries=config.retries, echo=echo).run(as_runs(runs, out_dir))
+    finally:
+        backend.close()
 
 
 def result_line(run: RunSpec, spec: DomainSet) -> dict[str, Any] | None:
@@ -260,9 +271,12 @@ def collect(runs: Sequence[RunSpec], spec: DomainSet, out_dir: str | Path
 
 def run_dg(configs: Sequence[str | Path], overrides: Sequence[str] = (), *, teacher: str | Path | None = None,
            seeds: Sequence[int] = (0,), targets: Sequence[int | str] | None = None,
-           out_dir: str | Path = "runs/dg", split_seed: int | None = None, quiet: bool = False) -> str:
-    """Plan, train what is missing, and aggregate; returns the markdown table."""
+           out_dir: str | Path = "runs/dg", split_seed: int | None = None,
+           executor: ExecutorConfig | None = None, workers: int | None = None,
+           echo: Callable[[str], None] = print) -> tuple[Outcome, str]:
+    """Plan, train what is missing, and aggregate the finished runs; returns the outcome and the
+    markdown table."""
     spec, runs = plan(configs, overrides, teacher=teacher, seeds=seeds, targets=targets, out_dir=out_dir,
                       split_seed=split_seed)
-    execute(runs, quiet=quiet)
-    return collect(runs, spec, out_dir)[1]
+    outcome = execute(runs, out_dir, executor, workers=workers, echo=echo)
+    return outcome, collect(runs, spec, out_dir)[1]

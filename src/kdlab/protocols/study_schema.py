@@ -17,6 +17,7 @@ key and its closest valid spelling. Example::
     seeds: [0, 1]
     teacher: {data: corrupted, per_seed: true}
     workers: 2
+    executor: {backend: local, retries: 1}    # or {backend: ray, address: auto, num_cpus: 4, num_gpus: 1}
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from kdlab.config.load import ConfigError, explain, read_yaml
 from kdlab.config.schema import Section
+from kdlab.protocols.executor import ExecutorConfig
 
 
 class PairConfig(Section):
@@ -126,10 +128,14 @@ class StudyConfig(Section):
     conditions: ConditionsConfig = Field(default_factory=ConditionsConfig)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     teacher: TeacherPolicy = Field(default_factory=TeacherPolicy)
-    workers: int = Field(1, ge=1)
-    threads_per_worker: int | None = Field(None, ge=1, description="default: CPU cores / workers")
+    workers: int | None = Field(
+        None, ge=1, description="runs at once; default: 1 locally, as many as Ray's resources admit on ray")
+    threads_per_worker: int | None = Field(
+        None, ge=1, description="default: locally, CPU cores / workers; on ray, executor.num_cpus")
     devices: list[str] | None = Field(
-        None, description="CUDA_VISIBLE_DEVICES values handed out to workers (each run to the least busy)")
+        None, description="local: CUDA_VISIBLE_DEVICES values handed out to workers (each run to the least "
+                          "busy); on ray, executor.num_gpus instead")
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
     out_dir: str = Field("runs/studies", description="the study directory is OUT_DIR/NAME")
     report: ReportConfig = Field(default_factory=ReportConfig)
 
