@@ -80,6 +80,13 @@ def test_extends_merges_parent_sections(tmp_path):
     (tmp_path / "child.yaml").write_text("extends: base.yaml\noptim: {lr: 0.01}\n")
     config = load_config(tmp_path / "child.yaml")
     assert config.optim.lr == 0.01 and config.optim.weight_decay == 5e-4 and config.data.batch_size == 16
+    (tmp_path / "mixin.yaml").write_text("optim: {weight_decay: 0.0}\ntrain: {epochs: 5}\n")
+    (tmp_path / "both.yaml").write_text("extends: [base.yaml, mixin.yaml]\ntrain: {epochs: 3}\n")
+    both = load_config(tmp_path / "both.yaml")
+    assert (both.optim.lr, both.optim.weight_decay, both.train.epochs) == (0.1, 0.0, 3)
+    (tmp_path / "bad.yaml").write_text("extends: [base.yaml, 3]\n")
+    with pytest.raises(ConfigError, match="a list of them"):
+        load_config(tmp_path / "bad.yaml")
     (tmp_path / "loop.yaml").write_text("extends: loop.yaml\n")
     with pytest.raises(ConfigError, match="cycle"):
         load_config(tmp_path / "loop.yaml")

@@ -134,7 +134,8 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
 
 
 def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """Read a config file; ``extends: OTHER.yaml`` (relative to this file) inherits and overrides."""
+    """Read a config file; ``extends: OTHER.yaml`` (relative to this file) inherits and overrides, and
+    ``extends: [BASE.yaml, MIXIN.yaml]`` merges several, later ones over earlier ones."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
@@ -152,9 +153,13 @@ def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     parent = tree.pop("extends", None)
     if parent is None:
         return tree
-    if not isinstance(parent, str):
-        raise ConfigError(f"{path}: 'extends' must be a path to another config file")
-    return deep_merge(read_yaml(path.parent / parent, (*_seen, path.resolve())), tree)
+    parents = [parent] if isinstance(parent, str) else parent
+    if not isinstance(parents, list) or not parents or not all(isinstance(p, str) for p in parents):
+        raise ConfigError(f"{path}: 'extends' must be a path to another config file, or a list of them")
+    merged: dict[str, Any] = {}
+    for other in parents:
+        merged = deep_merge(merged, read_yaml(path.parent / other, (*_seen, path.resolve())))
+    return deep_merge(merged, tree)
 
 
 def override_source(error: ValidationError, overrides: Sequence[str]) -> str | None:
