@@ -62,7 +62,7 @@ def random_statistics(model, seed: int):
 
 
 def worker(args: argparse.Namespace) -> dict[str, Any]:
-    """Both variants of one teacher in this process, timed in alternating rounds after warm-up."""
+    """The variants of one teacher in this process, timed in alternating rounds after warm-up."""
     import torch
 
     from kdlab.config.schema import TeacherFastConfig, TrainConfig
@@ -84,14 +84,18 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     prepare_s = time.perf_counter() - started
     x = torch.randn(batch, 3, side, side).contiguous(memory_format=torch.channels_last)
     models = {"eager": eager, "fast": fast}
-    times: dict[str, list[tuple[float, float]]] = {"eager": [], "fast": []}
+    if args.off:
+        models["off"] = copy.deepcopy(eager).to(memory_format=torch.contiguous_format)
+        off_plan = teacher_plan(TeacherFastConfig.model_validate(False), train, precision)
+        FrozenTeacher(models["off"]).speed_up(off_plan, (3, side, side))
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in models}
     with torch.no_grad(), precision.autocast():
         expected, actual = eager(x).float(), fast(x).float()
         for model in models.values():
             for _ in range(args.warmup):
                 model(x)
         for round_ in range(args.rounds):
-            for name in ("eager", "fast") if round_ % 2 == 0 else ("fast", "eager"):
+            for name in list(models) if round_ % 2 == 0 else list(models)[::-1]:
                 for _ in range(args.iters):
                     wall0, cpu0 = time.perf_counter(), time.process_time()
                     models[name](x)
@@ -118,7 +122,8 @@ def main_parent(args: argparse.Namespace) -> None:
         for model in order:
             argv = [benchlib.this_python(), str(Path(__file__).resolve()), "--worker", "--model", model,
                     "--threads", str(args.threads), "--warmup", str(args.warmup),
-                    "--rounds", str(args.rounds), "--iters", str(args.iters), "--seed", str(args.seed)]
+                    "--rounds", str(args.rounds), "--iters", str(args.iters), "--seed", str(args.seed),
+                    *(["--off"] if args.off else [])]
             log = log_dir / f"{model.replace(':', '_')}_r{repeat}.log"
             result = benchlib.run_worker(argv, log)
             result["loadavg"] = os.getloadavg()[0]
@@ -154,11 +159,25 @@ def main_parent(args: argparse.Namespace) -> None:
     table = benchlib.markdown_table(
         ["teacher", "batch", "image", "precision", "eager ms", "fast ms", "eager / fast (wall)",
          "eager CPU ms", "fast CPU ms", "eager / fast (CPU)", "max rel. logit diff", "min CPU share"], rows)
+    if args.off:
+        rows = []
+        for model in args.models:
+            results = runs[model]
+            off_cpu = benchlib.median([r["off"]["cpu_ms"] for r in results])
+            per_repeat = [r["off"]["cpu_ms"] / r["fast"]["cpu_ms"] for r in results]
+            to_eager = [r["off"]["cpu_ms"] / r["eager"]["cpu_ms"] for r in results]
+            summary[model].update(off_cpu_ms=round(off_cpu, 3), off_over_fast_cpu_per_repeat=per_repeat,
+                                  off_over_eager_cpu_per_repeat=to_eager)
+            rows.append([model, f"{off_cpu:.2f}", f"{benchlib.median(per_repeat):.2f}",
+                         f"{benchlib.median(to_eager):.2f}"])
+        table += "\n\nteacher.fast: false as the Trainer runs it (NCHW weights, channels_last inputs):\n\n"
+        table += benchlib.markdown_table(
+            ["teacher", "off CPU ms", "off / fast (CPU)", "off / eager (CPU)"], rows)
     machine["loadavg_at_end"] = os.getloadavg()
     print("\n" + table)
     benchlib.write_result(args.out, "teacher_forward", {
         "machine": machine,
-        "settings": {"models": args.models, "repeats": args.repeats, "threads": args.threads,
+        "settings": {"models": args.models, "off": args.off, "repeats": args.repeats, "threads": args.threads,
                      "warmup": args.warmup, "rounds": args.rounds, "iters": args.iters, "seed": args.seed},
         "summary": summary, "runs": runs, "table_markdown": table}, started)
 
@@ -176,6 +195,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(benchlib.HERE / "results" / "teacher_forward.json"))
     parser.add_argument("--log-dir", default="/tmp/kdlab-bench-teacher-forward", help="per-run worker logs")
+    parser.add_argument("--off", action="store_true",
+                        help="also time the teacher as the Trainer runs it under teacher.fast: false")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
