@@ -215,6 +215,7 @@ def report(settings: dict[str, Any], stats: dict[str, dict[str, Any]]) -> tuple[
     (c) every variant against torchdistill's defaults."""
     lines, ratios, rows = [], {}, []
     resolved = settings.get("resolved_precision", {})
+    labels = {**IMPL_LABELS, **settings.get("impl_labels", {})}
     for precision in settings["precisions"]:
         for cl in settings["channels_last_modes"]:
             tag = f"{precision} {'cl' if cl else 'nchw'}"
@@ -229,7 +230,7 @@ def report(settings: dict[str, Any], stats: dict[str, dict[str, Any]]) -> tuple[
                     wall = s["img_per_s_median"] / bare["img_per_s_median"]
                     cpu = s["img_per_cpu_s_median"] / bare["img_per_cpu_s_median"]
                     ratios[f"{impl}/bare {tag}"] = {"wall": round(wall, 3), "per_cpu_second": round(cpu, 3)}
-                rows.append([label, IMPL_LABELS[impl], _cell(s, "img_per_s"), _cell(s, "img_per_cpu_s"),
+                rows.append([label, labels[impl], _cell(s, "img_per_s"), _cell(s, "img_per_cpu_s"),
                              "1 (reference)" if impl == "bare" else "n/a" if wall is None else f"{wall:.3f}",
                              "1 (reference)" if impl == "bare" else "n/a" if cpu is None else f"{cpu:.3f}",
                              f"{s['cpu_share_min']:.2f}", _rss(s)])
@@ -265,7 +266,7 @@ def report(settings: dict[str, Any], stats: dict[str, dict[str, Any]]) -> tuple[
                         "wall": round(wall, 3), "per_cpu_second": round(cpu, 3)}
                     is_default = impl == "kdlab" and precision == "auto" and cl
                     default = " **(kdlab's defaults)**" if is_default else ""
-                    label = f"{IMPL_LABELS[impl]}, {setting_label(precision, resolved, cl)}{default}"
+                    label = f"{labels[impl]}, {setting_label(precision, resolved, cl)}{default}"
                     rows.append([label, _cell(s, "img_per_s"), f"{wall:.2f}", _cell(s, "img_per_cpu_s"),
                                  f"{cpu:.2f}", f"{s['cpu_share_min']:.2f}", _rss(s)])
         lines.append("\n### (c) kdlab vs torchdistill\n")
@@ -384,7 +385,8 @@ def report_only(path: Path) -> None:
     settings.setdefault("precisions", sorted({k.split("/")[1] for k in payload["runs"] if "torch" not in k}))
     settings.setdefault("channels_last_modes", [False, True])
     settings.setdefault("td_workers", 2)
-    settings.setdefault("impls", ["kdlab", "bare"])
+    if "impls" not in settings:  # a run from before the teacher fast path existed
+        settings.update(impls=["kdlab", "bare"], impl_labels={"kdlab": "kdlab"})
     payload["summary"] = summarize(payload["runs"], payload["machine"]["cores"])
     payload["table_markdown"], payload["ratios"] = report(settings, payload["summary"])
     path.write_text(json.dumps(payload, indent=2) + "\n")
