@@ -3,7 +3,8 @@
 On a CIFAR-10 slice read from the shared JPEG tar (a stratified ``--train-size`` subset of the 50k
 training images; the full 10k test set unless ``--test-size`` is given):
 
-  1. train a small teacher once with kdlab (cross-entropy, bf16 autocast);
+  1. train a small teacher once with kdlab (cross-entropy, ``precision: auto``: bf16 autocast on a CPU
+     with native bf16 kernels, else fp32);
   2. distill it into a student with kdlab's defaults (``precision: auto`` = bf16 autocast on this CPU,
      device-resident data with batched on-device crop/flip) and with torchdistill 1.1.5's defaults
      (fp32, a DataLoader over per-sample PIL RandomCrop/RandomHorizontalFlip/ToTensor/Normalize),
@@ -59,12 +60,19 @@ def kdlab_tree(args: argparse.Namespace, *, model: str, epochs: int, milestones:
     }
     if teacher_ckpt is None:
         tree["method"] = {"name": "ce"}
-        tree["train"]["precision"] = "bf16"
     else:
         tree["teacher"] = {"name": args.teacher, "checkpoint": teacher_ckpt}
+        if not args.teacher_fast:
+            tree["teacher"]["fast"] = False
         tree["method"] = {"name": "kd", "weights": {"ce": W_CE, "kd": W_KD},
                           "params": {"temperature": TEMPERATURE}}
     return tree
+
+
+def student_file(teacher_fast: bool) -> str:
+    """The kdlab phase's saved student: ``student_kdlab.pt``, ``student_kdlab_eager.pt`` with ``teacher.fast``
+    off."""
+    return "student_kdlab.pt" if teacher_fast else "student_kdlab_eager.pt"
 
 
 # ---------------------------------------------------------------- subprocess phases (system python)
@@ -103,7 +111,7 @@ def phase_kdlab(args: argparse.Namespace) -> dict[str, Any]:
     result = train(config, student=student, callbacks=[clock], write=False)
     wall = time.perf_counter() - started
     fit_wall, fit_cpu = (e - s for e, s in zip(clock.end, clock.start, strict=True))
-    name = "teacher.pt" if args.phase == "teacher" else "student_kdlab.pt"
+    name = "teacher.pt" if args.phase == "teacher" else student_file(args.teacher_fast)
     torch.save(result.student.state_dict(), work / name)
     summary = result.summary
     return {
@@ -176,9 +184,10 @@ def render(phases: dict[str, dict[str, Any]], settings: dict[str, Any], cores: i
     """
     for result in phases.values():
         result["train_cpu_s"] = round(result["train_wall_s"] * result["cpu_share"] * cores, 1)
+    teacher_precision, kdlab_precision = (phases[p].get("precision", "bf16") for p in ("teacher", "kdlab"))
     labels = {
-        "teacher": f"teacher {settings['teacher']} (kdlab, CE, bf16)",
-        "kdlab": f"student {settings['student']}, KD, kdlab defaults (bf16, device-resident)",
+        "teacher": f"teacher {settings['teacher']} (kdlab, CE, {teacher_precision})",
+        "kdlab": f"student {settings['student']}, KD, kdlab defaults ({kdlab_precision}, device-resident)",
         "torchdistill": f"student {settings['student']}, KD, torchdistill 1.1.5 defaults (fp32, "
                         f"DataLoader num_workers={settings['td_workers']})",
     }
@@ -308,6 +317,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", default=str(benchlib.HERE / "results" / "accuracy.json"))
     parser.add_argument("--report-only", metavar="JSON", help="re-render the table of a finished run")
     parser.add_argument("--phase", choices=["teacher", "kdlab"], help=argparse.SUPPRESS)
+    parser.add_argument("--no-teacher-fast", dest="teacher_fast", action="store_false",
+                        help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 

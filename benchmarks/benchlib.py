@@ -136,9 +136,13 @@ def emit(result: dict[str, Any]) -> None:
 
 
 def run_worker(argv: Sequence[str], log_path: Path, timeout: float | None = None) -> dict[str, Any]:
-    """Run one worker subprocess, keep its whole output in ``log_path``, return its tagged JSON result."""
+    """Run one worker subprocess, keep its whole output in ``log_path``, return its tagged JSON result.
+
+    The worker imports kdlab from this working tree (``src`` first on ``PYTHONPATH``), also in another
+    interpreter such as the torchdistill venv's, whose own kdlab install may point elsewhere."""
     started = time.perf_counter()
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    path = os.pathsep.join(p for p in (str(REPO / "src"), os.environ.get("PYTHONPATH", "")) if p)
+    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=path)
     with log_path.open("w") as log:
         proc = subprocess.run(list(argv), stdout=subprocess.PIPE, stderr=log, text=True, env=env,
                               timeout=timeout, cwd=REPO)

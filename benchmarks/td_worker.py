@@ -8,14 +8,16 @@ loop of torchdistill's image-classification example entry: ``pre_epoch_process``
 logging and a per-step ``loss.item()``. The entry script itself is not part of the torchdistill wheel,
 so this file drives the same public API in that order.
 
-torchdistill has no resnet32x4/resnet8x4: kdlab's zoo models are registered into torchdistill's model
-registry under their kdlab names, so the architectures are kdlab's, bit for bit. Data: the images kdlab
+torchdistill has no resnet32x4/resnet8x4, and its own resnet20/resnet56 are other implementations: kdlab's
+zoo models are registered into torchdistill's model registry as ``kdlab.<name>`` (the config's model keys
+are kdlab names), so the architectures are kdlab's, bit for bit. Data: the images kdlab
 uses (its synthetic generator, or its decoded CIFAR-10 JPEG tar), served the way torchvision's CIFAR10
 dataset serves them (a PIL image per sample, then torchvision transforms) through torchdistill's
 DataLoader. Precision is fp32, torchdistill's default.
 
 Modes:
-  throughput  synthetic data, ``--warmup`` + ``--steps`` steps, reports steady-state img/s
+  throughput  synthetic data, ``--warmup`` + ``--steps`` steps of ``--teacher`` -> ``--student``, reports
+              steady-state img/s
   accuracy    a CIFAR-10 slice, ``--epochs`` epochs from a given teacher checkpoint, saves the student
 """
 
@@ -59,15 +61,17 @@ class UInt8ImageDataset(Dataset):
         return self.transform(Image.fromarray(self.images[index])), self.targets[index]
 
 
-def register_kdlab_models(names: list[str]) -> None:
-    """Put kdlab zoo models into torchdistill's model registry, keyed by their kdlab names."""
+def register_kdlab_model(name: str) -> str:
+    """Put the kdlab zoo model ``name`` into torchdistill's model registry; returns its key there,
+    ``kdlab.<name>`` (never one of torchdistill's own models of the same name)."""
     from torchdistill.models.registry import MODEL_DICT, register_model
 
     from kdlab.models import build_model
 
-    for name in names:
-        if name not in MODEL_DICT:
-            register_model(key=name)(functools.partial(build_model, name))
+    key = f"kdlab.{name}"
+    if key not in MODEL_DICT:
+        register_model(key=key)(functools.partial(build_model, name))
+    return key
 
 
 def load_config(path: Path) -> dict[str, Any]:
@@ -82,13 +86,12 @@ def build_models(config: dict[str, Any], num_classes: int, seed: int, device: to
     from torchdistill.models.registry import get_model
 
     models = config["models"]
-    register_kdlab_models([models["teacher_model"]["key"], models["student_model"]["key"]])
     torch.manual_seed(seed)
     built = []
     for role in ("teacher_model", "student_model"):
         spec = models[role]
         kwargs = dict(spec.get("kwargs") or {}, num_classes=num_classes)
-        model = get_model(spec["key"], None, **kwargs)
+        model = get_model(register_kdlab_model(spec["key"]), None, **kwargs)
         if spec.get("src_ckpt"):
             load_ckpt(spec["src_ckpt"], model=model, strict=True)
         built.append(model.to(device))
@@ -151,6 +154,8 @@ def run_throughput(args: argparse.Namespace) -> dict[str, Any]:
     dataset_dict = {"train": UInt8ImageDataset(raw.train.images, raw.train.targets, transform)}
     config["train"]["num_epochs"] = 1
     config["train"]["train_data_loader"]["kwargs"]["num_workers"] = args.workers
+    config["models"]["teacher_model"]["key"] = args.teacher
+    config["models"]["student_model"]["key"] = args.student
     torch.manual_seed(args.seed)
     teacher, student = build_models(config, num_classes, args.seed, device)
     box = make_box(config, teacher, student, dataset_dict, device)
@@ -164,6 +169,7 @@ def run_throughput(args: argparse.Namespace) -> dict[str, Any]:
         "peak_rss_mib": benchlib.peak_rss_mib(),
         "worker_peak_rss_mib": benchlib.peak_rss_mib(children=True),
         "torchdistill_version": __import__("torchdistill").__version__,
+        "kdlab_models_from": str(Path(__import__("kdlab").__file__).parent),
     }
 
 
