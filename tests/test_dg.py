@@ -38,7 +38,8 @@ def write_dg_files(tmp_path):
 def test_dg_runs_every_target_with_a_teacher_per_target_and_aggregates(dg_files, capsys):
     tmp_path, paths = dg_files
     out = tmp_path / "dg"
-    argv = ["dg", str(paths["kd_wakd"]), "--teacher", str(paths["teacher"]), "--out-dir", str(out), "--quiet"]
+    argv = ["dg", str(paths["kd_wakd"]), "--teacher", str(paths["teacher"]), "--out-dir", str(out), "--quiet",
+            "--workers", "2"]
     assert main(argv) == 0
     lines = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
     assert [(x["config"], x["target_name"]) for x in lines] == [
