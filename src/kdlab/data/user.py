@@ -44,7 +44,6 @@ from kdlab.data.build import (
     LoaderSettings,
     bundle_from_raw,
     loader_settings,
-    loader_workers,
     mixed,
 )
 from kdlab.data.catalog import DatasetSpec
@@ -213,24 +212,29 @@ def _streamed(splits: dict[str, Any], classes: Sequence[str] | int | None, confi
     mean, std = _statistics(config, train)
     common = {"num_classes": len(names), "mean": mean, "std": std, "device": s.device}
 
-    def source(split: Dataset | DataLoader, name: str, training: bool) -> StreamBatchSource:
-        where = f"data ({name})"
-        if isinstance(split, DataLoader):
-            if s.world_size > 1 and not hasattr(split.sampler, "set_epoch"):
-                raise ConfigError(f"{where}: under DDP a DataLoader needs a DistributedSampler; or pass the "
-                                  "Dataset and let kdlab shard it")
-            return StreamBatchSource.from_loader(split, where=where, **common)
-        batch = s.batch_size if training else s.eval_batch_size
-        return StreamBatchSource.from_dataset(
-            split, batch_size=batch, shuffle=training, drop_last=training and s.drop_last, seed=s.seed,
-            rank=s.rank, world_size=s.world_size, num_workers=s.num_workers, where=where, **common)
-
-    train_src, test_src = source(train, "train", True), source(test, "test", False)
+    train_src = _stream_source(train, "train", True, s, common)
+    test_src = _stream_source(test, "test", False, s, common)
+    val_src = None if val is None else _stream_source(val, "val", False, s, common)
     shape = tuple(unpack_batch(next(iter(test_src.batches)), "data (test)")[0].shape[1:])
-    return DataBundle(train=train_src, val=None if val is None else source(val, "val", False),
+    return DataBundle(train=train_src, val=val_src,
                       test=test_src, num_classes=len(names), classes=names,
                       input_shape=shape, mean=mean, std=std, train_targets=targets,
                       sample_ids=train_src.indexed)
+
+
+def _stream_source(split: Dataset | DataLoader, name: str, training: bool, s: LoaderSettings,
+                   common: dict[str, Any]) -> StreamBatchSource:
+    """The streamed source of one split: a DataLoader as given, a Dataset in kdlab's seeded order."""
+    where = f"data ({name})"
+    if isinstance(split, DataLoader):
+        if s.world_size > 1 and not hasattr(split.sampler, "set_epoch"):
+            raise ConfigError(f"{where}: under DDP a DataLoader needs a DistributedSampler; or pass the "
+                              "Dataset and let kdlab shard it")
+        return StreamBatchSource.from_loader(split, where=where, **common)
+    batch = s.batch_size if training else s.eval_batch_size
+    return StreamBatchSource.from_dataset(
+        split, batch_size=batch, shuffle=training, drop_last=training and s.drop_last, seed=s.seed,
+        rank=s.rank, world_size=s.world_size, num_workers=s.num_workers, where=where, **common)
 
 
 def _carve(train: Dataset, val: Dataset | DataLoader | None, targets: Tensor | None, config: DataConfig
@@ -305,10 +309,5 @@ def evaluation_source(split: DataInput, facts: DataFacts, config: DataConfig,
                                   f"{tuple(facts.input_shape)}")
             return TensorBatchSource(images, part.targets, batch_size=config.eval_batch_size, shuffle=False,
                                      mean=facts.mean, std=facts.std, device=device)
-    common = {"where": where, "num_classes": facts.num_classes, "mean": facts.mean, "std": facts.std,
-              "device": device}
-    if isinstance(opened, DataLoader):
-        return StreamBatchSource.from_loader(opened, **common)
-    return StreamBatchSource.from_dataset(opened, batch_size=config.eval_batch_size, shuffle=False,
-                                          drop_last=False, seed=0, rank=0, world_size=1,
-                                          num_workers=loader_workers(config.num_workers), **common)
+    common = {"num_classes": facts.num_classes, "mean": facts.mean, "std": facts.std, "device": device}
+    return _stream_source(opened, "evaluated", False, loader_settings(config, Runtime(device)), common)
