@@ -6,6 +6,7 @@ import yaml
 from kdlab.cli.main import main
 from kdlab.core.errors import ConfigError
 from kdlab.protocols.dg import plan
+from kdlab.report.domains import table
 from tests.test_data import write_mnist
 
 
@@ -48,17 +49,26 @@ def test_dg_runs_every_target_with_a_teacher_per_target_and_aggregates(dg_files,
     for line in lines:
         run_dir = out / line["config"] / line["target_name"] / "seed0"
         summary = json.loads((run_dir / "summary.json").read_text())
-        assert line["test_acc"] == summary[line["reported"]]["top1"]
+        assert line["format"] == 2 and line["protocol"] == "dg" and line["seed"] == 0
+        assert line["test"] == summary[line["result"]["reported"]]
+        assert line["domains"] == {line["target_name"]: line["test"]["top1"]}
+        assert line["axes"] == {"config": line["config"], "target": line["target_name"], "seed": 0}
         config = yaml.safe_load((run_dir / "config.yaml").read_text())
+        assert line["hparams"]["method.name"] == config["method"]["name"]
+        assert line["cost"]["peak_mem_mb"] > 0 and line["cost"]["step_time_ms"] > 0
         assert config["data"]["options"]["test_domains"] == [line["target_name"]]
         if line["config"] == "kd_wakd":
-            assert line["reported"] == "test_last" and line["averaging"] == "wakd"
+            assert line["result"]["reported"] == "test_last" and line["averaging"] == "wakd"
+            assert line["result"]["model"] == "averaged" and "online_test_last" in line["metrics"]
             assert config["teacher"]["checkpoint"] == str(out / "teacher" / line["target_name"] / "seed0")
         else:
-            assert line["reported"] == "test_selected"
+            assert line["result"]["reported"] == "test_selected" and line["role"] == "teacher"
     table = (out / "results.md").read_text()
     assert "| Config | +90% | +80% | -90% | Avg |" in table and "| kd_wakd |" in table
     assert "| kd_wakd |" in capsys.readouterr().out
+    assert main(["report", str(out)]) == 0
+    report = (out / "report" / "report.md").read_text()
+    assert "| Config | +90% | +80% | -90% | Avg |" in report and "| student | kd |" in report
 
     stamp = (out / "kd_wakd" / "+80%" / "seed0" / "summary.json").stat().st_mtime_ns
     assert main(argv) == 0  # finished runs are reused
@@ -98,14 +108,10 @@ def test_a_fixed_split_shares_one_teacher_per_target_across_seeds(dg_files):
 
 
 def test_table_is_mean_and_domainbed_standard_error_over_seeds():
-    from kdlab.data.domains import DOMAIN_SETS
-    from kdlab.protocols.dg import table
-
-    spec = DOMAIN_SETS.get("rotated_mnist")
-    lines = [{"config": "kd", "target": 0, "test_acc": v} for v in (50.0, 60.0, 70.0)]
-    lines += [{"config": "kd", "target": 1, "test_acc": v} for v in (80.0, 90.0)]
-    lines += [{"config": "ce", "target": 0, "test_acc": 40.0}]
-    rows = table(lines, spec, [0, 1]).splitlines()
+    lines = [{"config": "kd", "target_name": "0", "test": {"top1": v}} for v in (50.0, 60.0, 70.0)]
+    lines += [{"config": "kd", "target_name": "15", "test": {"top1": v}} for v in (80.0, 90.0)]
+    lines += [{"config": "ce", "target_name": "0", "test": {"top1": 40.0}}]
+    rows = table(lines, ["0", "15"]).splitlines()
     # population std over seeds / sqrt(n): sqrt(200/3) / sqrt(3) = 4.71; 5 / sqrt(2) = 3.54
     assert rows[2] == "| kd | 60.0 ± 4.7 | 85.0 ± 3.5 | 72.5 |"
     assert rows[3] == "| ce | 40.0 | - | - |"  # one seed: no spread; no average over a missing target

@@ -164,7 +164,7 @@ def test_study_crash_and_resume_repeats_nothing_and_loses_nothing(tmp_path):
     records = read_results(study_dir / "results.jsonl")
     assert sorted(r["id"] for r in records) == sorted([*done_before, crashed])
     resumed = next(r for r in records if r["id"] == crashed)
-    assert resumed["steps"] == 3 and resumed["realized_noise_train"] == pytest.approx(0.4, abs=1e-3)
+    assert resumed["cost"]["steps"] == 3 and resumed["realized_noise_train"] == pytest.approx(0.4, abs=1e-3)
     labels = str((study_dir / "labels" / "noise-symmetric-0.4.pt").resolve())
     for job in ("teacher_noise-symmetric-0.4_cnn_tiny_s0", crashed):
         assert yaml.safe_load((study_dir / "runs" / job / "config.yaml").read_text())["data"]["noise"][

@@ -119,20 +119,22 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_dg(args: argparse.Namespace) -> int:
     from kdlab.protocols.dg import run_dg
+    from kdlab.report.domains import write_domain_tables
 
     configs = [c for c in args.configs if "=" not in c]
     overrides = [c for c in args.configs if "=" in c]
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        outcome, text = run_dg(configs, overrides, teacher=args.teacher, seeds=args.seeds,
+        outcome, lines = run_dg(configs, overrides, teacher=args.teacher, seeds=args.seeds,
                                targets=args.targets, out_dir=args.out_dir, split_seed=args.split_seed,
                                executor=executor_config(args, ExecutorConfig()), workers=args.workers,
                                echo=(lambda _: None) if args.quiet else print)
     except KeyboardInterrupt:
         print("kdlab: interrupted; rerun the same kdlab dg command to resume", file=sys.stderr)
         return 130
-    print(text)
-    print(f"results: {Path(args.out_dir) / 'results.md'} and {Path(args.out_dir) / 'results.jsonl'}")
+    if lines:
+        print(write_domain_tables(lines, Path(args.out_dir) / "results.md"))
+        print(f"results: {Path(args.out_dir) / 'results.md'} and {Path(args.out_dir) / 'results.jsonl'}")
     if not outcome.ok:
         print(f"kdlab: {len(outcome.failed)} run(s) failed and {len(outcome.blocked)} blocked; their output "
               f"is in {Path(args.out_dir) / 'logs'}", file=sys.stderr)

@@ -18,12 +18,13 @@ part) of the model its config defines as the result: the validation-selected mod
 strategies whose result is the final average (SWA, EMA, SWAD, WAKD), that final average. No oracle
 (test-domain validation) row is computed.
 
-The protocol writes ``OUT/results.jsonl`` (one JSON line per run: config, target, seed, accuracies,
-cost) and ``OUT/results.md``: one row per config, one column per target domain with the mean and the
-standard error over seeds (DomainBed's convention, std / sqrt(n); a cell of one seed shows its value
-alone), and their average. Both files cover every finished run of the output directory: a call merges
+The protocol writes ``OUT/results.jsonl``: one line per finished run in kdlab's one results format
+(:mod:`.result_line`: its cell (config, target, seed), hyper-parameters, every split's metrics, the
+target domain's accuracy, cost). It covers every finished run of the output directory: a call merges
 its runs into the ``results.jsonl`` already there (one line per run directory), so another seed or
-config adds rows instead of replacing the table.
+config adds rows instead of replacing them. ``kdlab dg`` then writes ``OUT/results.md`` from it
+(:mod:`kdlab.report.domains`: DomainBed's table, configs x target domains, mean ± standard error over
+seeds), as ``kdlab report OUT`` does.
 
 The runs go to the same executor as a study's (:mod:`.runner` on :mod:`.executor`: local subprocesses,
 ``workers`` at a time, or Ray tasks), each student after its teacher, with the same guarantees: finished
@@ -35,7 +36,7 @@ tried again ``retries`` times and its students are blocked. ``OUT/configs``, ``O
 from __future__ import annotations
 
 import json
-import math
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +46,8 @@ from kdlab.config.load import ConfigError, apply_overrides, read_yaml, set_dotte
 from kdlab.config.schema import RunConfig
 from kdlab.data.domains import DOMAIN_SETS, DomainSet
 from kdlab.protocols.executor import ExecutorConfig, make_executor
-from kdlab.protocols.records import read_results, read_summary
+from kdlab.protocols.records import RESULTS, read_results, read_summary
+from kdlab.protocols.result_line import hparams_of, reported_split, run_line, upgrade
 from kdlab.protocols.runner import Outcome, Run, Runner
 
 SHARED_DATA_KEYS = ("name", "root", "val_fraction")
@@ -155,7 +157,7 @@ def plan(configs: Sequence[str | Path], overrides: Sequence[str] = (), *, teache
 def as_runs(runs: Sequence[RunSpec], out_dir: str | Path) -> list[Run]:
     """The runner's runs: ids from the run directories, each student after the teacher run it names."""
     out = Path(out_dir)
-    ids = {str(run.run_dir): "__".join(run.run_dir.relative_to(out).parts) for run in runs}
+    ids = {str(run.run_dir): run_id(run, out) for run in runs}
     return [Run(ids[str(run.run_dir)], run.run_dir, run.config.model_dump(mode="json"),
                 ids.get(run.config.teacher.checkpoint) if run.config.teacher is not None else None)
             for run in runs]
@@ -172,111 +174,77 @@ def execute(runs: Sequence[RunSpec], out_dir: str | Path, executor: ExecutorConf
         backend.close()
 
 
-def result_line(run: RunSpec, spec: DomainSet) -> dict[str, Any] | None:
-    """The JSON line of a finished run (None when it has not finished)."""
+def run_id(run: RunSpec, out_dir: Path) -> str:
+    """The run's id: its directory under ``out_dir``, parts joined by ``__``."""
+    return "__".join(run.run_dir.relative_to(out_dir).parts)
+
+
+def dg_line(run: RunSpec, spec: DomainSet, out_dir: Path) -> dict[str, Any] | None:
+    """The results line (:mod:`.result_line`) of a finished run (None when it has not finished): its
+    cell (config, target domain, seed), its data and averaging, and its test accuracy on the target."""
     summary = read_summary(run.run_dir)
     if summary is None:
         return None
     averaging = summary.get("averaging") or {}
-    reported = averaging.get("report", "test_selected")
-    steps = max(summary["steps"], 1)
-    return {
+    target_name = spec.domains[run.target]
+    identity = {
+        "role": "teacher" if run.label == "teacher" else "student",
         "config": run.label,
         "dataset": run.config.data.name,
         "target": run.target,
-        "target_name": spec.domains[run.target],
-        "seed": run.seed,
+        "target_name": target_name,
         "split_seed": run.config.data.split_seed,
         "method": run.config.method.name,
         "averaging": averaging.get("strategy", "none"),
-        "reported": reported,
-        "test_acc": summary[reported]["top1"],
-        "test_last": summary["test_last"]["top1"],
-        "test_selected": summary["test_selected"]["top1"],
-        "online_test_acc": (summary.get("online_test_last") or {}).get("top1"),
-        "val_selected": (summary.get("selected") or {}).get("value"),
         "averaged_steps": [averaging.get("first_step"), averaging.get("last_step")] if averaging else None,
-        "steps": summary["steps"],
-        "step_time_ms": round(1000 * summary["train_time_s"] / steps, 2),
-        "img_per_s": summary["img_per_s"],
-        "train_time_s": summary["train_time_s"],
-        "run_dir": str(run.run_dir),
+        "teacher_run": run.config.teacher.checkpoint if run.config.teacher is not None else None,
     }
+    tree = run.config.model_dump(mode="json")
+    line = run_line(protocol="dg", run_id=run_id(run, out_dir), run_dir=run.run_dir, results_dir=out_dir,
+                    tree=tree, axes={"config": run.label, "target": target_name, "seed": run.seed},
+                    seed=run.seed, identity=identity, summary=summary, hparams=hparams_of(tree))
+    line["domains"] = {target_name: summary[reported_split(summary)]["top1"]}
+    return line
 
 
-def _mean_err(values: Sequence[float]) -> str:
-    """``mean ± standard error``, or the mean alone for one value (its spread is undefined)."""
-    mean = sum(values) / len(values)
-    if len(values) == 1:
-        return f"{mean:.1f}"
-    err = math.sqrt(sum((v - mean) ** 2 for v in values) / len(values) / len(values))
-    return f"{mean:.1f} ± {err:.1f}"
-
-
-def _row(label: str, lines: Sequence[dict[str, Any]], key: str, targets: Sequence[int]) -> list[str]:
-    """One table row: the ``key`` accuracy per target domain (mean ± s.e. over seeds) and their mean."""
-    cells, means = [], []
-    for t in targets:
-        values = [x[key] for x in lines if x["target"] == t]
-        cells.append(_mean_err(values) if values else "-")
-        if values:
-            means.append(sum(values) / len(values))
-    return [label, *cells, f"{sum(means) / len(means):.1f}" if len(means) == len(targets) else "-"]
-
-
-def table(lines: Sequence[dict[str, Any]], spec: DomainSet, targets: Sequence[int]) -> str:
-    """A DomainBed-style markdown table: configs x target domains (mean ± s.e. over seeds) and Avg."""
-    labels = list(dict.fromkeys(line["config"] for line in lines))
-    header = ["Config", *(spec.domains[t] for t in targets), "Avg"]
-    rows = []
-    for label in labels:
-        rows.append(_row(label, [x for x in lines if x["config"] == label], "test_acc", targets))
-        if any(x.get("online_test_acc") is not None for x in lines if x["config"] == label):
-            online = [x for x in lines if x["config"] == label and x.get("online_test_acc") is not None]
-            rows.append(_row(f"{label} (online student)", online, "online_test_acc", targets))
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    out += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(out)
-
-
-def merge_lines(earlier: Sequence[dict[str, Any]], lines: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+def merge_lines(earlier: Sequence[dict[str, Any]], lines: Sequence[dict[str, Any]], out_dir: Path
+                ) -> list[dict[str, Any]]:
     """``earlier`` results lines whose run directory still exists, with ``lines`` laid over them: one
-    line per run directory, a rerun's line in its old place, new runs at the end."""
-    merged = {line["run_dir"]: line for line in earlier
-              if isinstance(line.get("run_dir"), str) and Path(line["run_dir"]).is_dir()}
-    merged.update((line["run_dir"], line) for line in lines)
+    line per run id, a rerun's line in its old place, new runs at the end. Lines of an earlier
+    kdlab are replaced by this call's line of the same run, else kept as they are."""
+    def key(line: dict[str, Any]) -> str | None:
+        run_dir = line.get("run_dir")
+        if not isinstance(run_dir, str) or not (out_dir / run_dir).is_dir():
+            return None
+        return "__".join((out_dir / run_dir).resolve().relative_to(out_dir.resolve()).parts)
+
+    merged = {k: line for line in earlier if (k := key(line)) is not None}
+    merged.update((line["id"], line) for line in lines)
     return list(merged.values())
 
 
-def collect(runs: Sequence[RunSpec], spec: DomainSet, out_dir: str | Path
-            ) -> tuple[list[dict[str, Any]], str]:
-    """Merge the finished runs into ``results.jsonl`` and write ``results.md`` over every run it lists of
-    this dataset; returns the lines of this call's runs and the table."""
+def collect(runs: Sequence[RunSpec], spec: DomainSet, out_dir: str | Path) -> list[dict[str, Any]]:
+    """Merge the finished runs into ``results.jsonl`` (written whole, atomically, lines of an earlier
+    kdlab converted to the current format); returns every line it lists."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    lines = [line for run in runs if (line := result_line(run, spec)) is not None]
-    every = merge_lines(read_results(out / "results.jsonl"), lines)
-    (out / "results.jsonl").write_text("".join(json.dumps(line) + "\n" for line in every))
-    dataset = runs[0].config.data.name if runs else None
-    shown = [line for line in every if line.get("dataset") == dataset]
-    targets = sorted({line["target"] for line in shown})
-    seeds = sorted({line["seed"] for line in shown if line["config"] != "teacher"})
-    splits = sorted({line["split_seed"] for line in shown if line.get("split_seed") is not None})
-    text = (f"{spec.title}, leave-one-domain-out, training-domain validation; test accuracy (%) on the "
-            f"target domain, mean ± standard error over seeds {seeds} (in/out split seeds {splits}; a "
-            f"single seed's value has no spread)\n\n{table(shown, spec, targets)}\n")
-    (out / "results.md").write_text(text)
-    return lines, text
+    lines = [line for run in runs if (line := dg_line(run, spec, out)) is not None]
+    earlier = [upgrade(line) or line for line in read_results(out / RESULTS)]
+    every = merge_lines(earlier, lines, out)
+    tmp = out / f"{RESULTS}.tmp"
+    tmp.write_text("".join(json.dumps(line) + "\n" for line in every))
+    os.replace(tmp, out / RESULTS)
+    return every
 
 
 def run_dg(configs: Sequence[str | Path], overrides: Sequence[str] = (), *, teacher: str | Path | None = None,
            seeds: Sequence[int] = (0,), targets: Sequence[int | str] | None = None,
            out_dir: str | Path = "runs/dg", split_seed: int | None = None,
            executor: ExecutorConfig | None = None, workers: int | None = None,
-           echo: Callable[[str], None] = print) -> tuple[Outcome, str]:
-    """Plan, train what is missing, and aggregate the finished runs; returns the outcome and the
-    markdown table."""
+           echo: Callable[[str], None] = print) -> tuple[Outcome, list[dict[str, Any]]]:
+    """Plan, train what is missing, and list the finished runs in ``results.jsonl``; returns the
+    outcome and every line of that file."""
     spec, runs = plan(configs, overrides, teacher=teacher, seeds=seeds, targets=targets, out_dir=out_dir,
                       split_seed=split_seed)
     outcome = execute(runs, out_dir, executor, workers=workers, echo=echo)
-    return outcome, collect(runs, spec, out_dir)[1]
+    return outcome, collect(runs, spec, out_dir)

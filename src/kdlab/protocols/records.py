@@ -2,8 +2,8 @@
 
 ``STUDY/status/<job>.json`` holds the job's state (``running``, ``done``, ``failed``, ``interrupted``,
 ``blocked``), the attempt count, the child's pid and exit code and the config digest. ``results.jsonl``
-gets one line per finished run (appended once: a run is never listed twice), built from the job and
-its ``summary.json``. Every append starts on a fresh line, so a line torn by a crash costs only itself,
+gets one line per finished run (appended once: a run is never listed twice; the line's format is
+:mod:`.result_line`'s). Every append starts on a fresh line, so a line torn by a crash costs only itself,
 and the run whose line it was is listed again by the next rerun. A ``summary.json`` that cannot be read
 (torn by a crash) means an unfinished run.
 """
@@ -15,10 +15,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from kdlab.protocols.grid import Job
+from typing import Any
 
 RESULTS = "results.jsonl"
 
@@ -85,41 +82,3 @@ def append_result(path: Path, record: dict[str, Any]) -> None:
         handle.write(prefix + json.dumps(record) + "\n")
         handle.flush()
         os.fsync(handle.fileno())
-
-
-def result_record(job: Job, summary: dict[str, Any], study_dir: Path) -> dict[str, Any]:
-    """One ``results.jsonl`` line: who the run is (condition, pair, method, seed) and what it scored."""
-    condition = job.condition
-    noise = summary.get("corruption", {}).get("noise") or {}
-    return {
-        "id": job.id,
-        "role": job.role,
-        "condition": condition.name,
-        "noise_type": condition.noise_type,
-        "noise_rate": condition.noise_rate,
-        "imbalance_profile": condition.imbalance_profile,
-        "imbalance_ratio": condition.imbalance_ratio,
-        "pair": job.pair,
-        "model": job.model,
-        "teacher_model": job.teacher_model,
-        "teacher_run": job.depends,
-        "method": job.method,
-        "method_name": job.method_name,
-        "seed": job.seed,
-        "run_dir": os.path.relpath(study_dir / "runs" / job.id, study_dir),
-        "test_last": summary.get("test_last"),
-        "test_selected": summary.get("test_selected"),
-        "online_test_last": summary.get("online_test_last"),
-        "val_last": summary.get("val_last"),
-        "selected": summary.get("selected"),
-        "classes": summary.get("classes"),
-        "train_counts": summary.get("corruption", {}).get("train_counts"),
-        "groups": summary.get("corruption", {}).get("groups"),
-        "realized_noise_train": noise.get("realized_rate_train"),
-        "realized_noise_val": noise.get("realized_rate_val"),
-        "steps": summary.get("steps"),
-        "epochs": summary.get("epochs"),
-        "student_params": summary.get("student_params"),
-        "train_time_s": summary.get("train_time_s"),
-        "wall_time_s": summary.get("wall_time_s"),
-    }

@@ -21,6 +21,7 @@ import fcntl
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -40,12 +41,44 @@ from kdlab.protocols.records import (
     read_results,
     read_status,
     read_summary,
-    result_record,
 )
+from kdlab.protocols.result_line import run_line
 from kdlab.protocols.runner import Outcome, Run, Runner
 from kdlab.protocols.study_schema import StudyConfig
 
-__all__ = ["Outcome", "Study"]
+__all__ = ["Outcome", "Study", "study_line"]
+
+
+def study_line(job: Job, summary: dict[str, Any], study_dir: Path) -> dict[str, Any]:
+    """The results line (:mod:`.result_line`) of a finished job: its grid cell (condition, pair, method,
+    seed), who it is (role, models, teacher run) and what the data condition was (noise and imbalance
+    settings, the realized noise, the training class counts and groups)."""
+    condition = job.condition
+    corruption = summary.get("corruption", {})
+    noise = corruption.get("noise") or {}
+    identity = {
+        "role": job.role,
+        "condition": condition.name,
+        "noise_type": condition.noise_type,
+        "noise_rate": condition.noise_rate,
+        "imbalance_profile": condition.imbalance_profile,
+        "imbalance_ratio": condition.imbalance_ratio,
+        "pair": job.pair,
+        "model": job.model,
+        "teacher_model": job.teacher_model,
+        "teacher_run": job.depends,
+        "method": job.method,
+        "method_name": job.method_name,
+        "classes": summary.get("classes"),
+        "train_counts": corruption.get("train_counts"),
+        "groups": corruption.get("groups"),
+        "realized_noise_train": noise.get("realized_rate_train"),
+        "realized_noise_val": noise.get("realized_rate_val"),
+    }
+    axes = {"condition": condition.name, "pair": job.pair, "method": job.method, "seed": job.seed}
+    run_dir = study_dir / "runs" / job.id
+    return run_line(protocol="study", run_id=job.id, run_dir=run_dir, results_dir=study_dir, tree=job.tree,
+                    axes=axes, seed=job.seed, identity=identity, summary=summary)
 
 
 class Study:
@@ -76,7 +109,7 @@ class Study:
         job = self.by_id[run.id]
         if job.id not in self.listed:
             summary = read_summary(self.run_dir(job)) or {}
-            append_result(self.dir / RESULTS, result_record(job, summary, self.dir.resolve()))
+            append_result(self.dir / RESULTS, study_line(job, summary, self.dir.resolve()))
             self.listed.add(job.id)
         digest = read_status(self.dir, job.id).get("config")
         if skipped and digest is not None and digest != config_digest(job.tree):

@@ -1,4 +1,6 @@
-"""``kdlab report DIR``: a study's ``results.jsonl`` as markdown tables and PNG plots.
+"""``kdlab report DIR``: a study's or a ``kdlab dg`` output's ``results.jsonl`` as markdown tables and plots.
+
+A dg results file gets DomainBed's table (:mod:`.domains`) and the cost table. For a study:
 
 Tables show mean ± sample std over seeds and, for every method but the baseline, the difference of
 the means against the baseline student (``baseline`` in the study file, ``ce`` by default) of the same
@@ -17,6 +19,7 @@ import yaml
 from kdlab.core.errors import ConfigError
 from kdlab.protocols.grid import pair_slug, slug
 from kdlab.report import plots
+from kdlab.report.domains import domain_tables
 from kdlab.report.results import load_results, ordered, results_path, select
 from kdlab.report.tables import (
     accuracy_table,
@@ -49,15 +52,17 @@ def write_report(location: str | Path, out: str | Path | None = None, split: str
     records = load_results(source)
     if not any(r.get("role") == "student" for r in records):
         raise ConfigError(f"{source}: no finished student runs to report")
+    out = Path(out) if out is not None else root / "report"
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out: {out} is a file, not a folder for the report")
+    out.mkdir(parents=True, exist_ok=True)
+    if all(r["protocol"] == "dg" for r in records):
+        return _dg_report(records, source, out)
     settings = _study_settings(root)
     order = {m.get("label") or m["name"]: i for i, m in enumerate(settings.get("methods", []))}
     records.sort(key=lambda r: order.get(r.get("method"), len(order)))  # the study file's method order
     baseline = settings.get("baseline", "ce")
     split = split or settings.get("report", {}).get("split", "test_last")
-    out = Path(out) if out is not None else root / "report"
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out: {out} is a file, not a folder for the report")
-    out.mkdir(parents=True, exist_ok=True)
     students = [r for r in records if r["role"] == "student"]
     seeds = ordered(r["seed"] for r in students)
     lines = [
@@ -81,6 +86,14 @@ def write_report(location: str | Path, out: str | Path | None = None, split: str
         if record["noise_rate"] > 0:
             _image(lines, plots.transition_matrix(root, record, out / f"transition_{slug(name)}.png"), out,
                    f"transition matrix, {name}")
+    path = out / "report.md"
+    path.write_text("\n".join(lines).rstrip() + "\n")
+    return path
+
+
+def _dg_report(records: list[dict[str, Any]], source: Path, out: Path) -> Path:
+    lines = ["# Domain generalization report", "", f"From `{source}`.", "", domain_tables(records),
+             "## Runs and cost", "", cost_table(records), ""]
     path = out / "report.md"
     path.write_text("\n".join(lines).rstrip() + "\n")
     return path

@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 from matplotlib.axes import Axes  # noqa: E402
 
 from kdlab.engine.logger import read_metrics  # noqa: E402
-from kdlab.report.results import Stat, metric, per_class_mean, select  # noqa: E402
+from kdlab.report.results import Stat, metric, per_class_mean, select, split_metrics  # noqa: E402
 from kdlab.report.style import method_style, wants_log_scale  # noqa: E402
 from kdlab.report.tables import methods, teacher_stat  # noqa: E402
 
@@ -104,8 +104,8 @@ def per_class(records: Sequence[dict[str, Any]], pair: str, condition: str, spli
     names = [m for m in methods(runs, baseline) if per_class_mean(select(runs, method=m), split)]
     if not names:
         return None
-    first = next(r for r in runs if (r.get(split) or {}).get("per_class_top1"))
-    num_classes = len(first[split]["per_class_top1"])
+    first = next(r for r in runs if split_metrics(r, split).get("per_class_top1"))
+    num_classes = len(split_metrics(first, split)["per_class_top1"])
     classes = first.get("classes") or [str(c) for c in range(num_classes)]
     counts = first.get("train_counts")
     labels = [f"{c}\n(n={counts[i]})" if counts else str(c) for i, c in enumerate(classes)]

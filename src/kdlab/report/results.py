@@ -1,4 +1,5 @@
-"""Reading a study's ``results.jsonl`` and aggregating it over seeds."""
+"""Reading a protocol's ``results.jsonl`` (the format of :mod:`kdlab.protocols.result_line`, or an
+earlier kdlab's lines, upgraded) and aggregating it over seeds."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 
 from kdlab.core.errors import ConfigError
 from kdlab.protocols.records import RESULTS, read_results
+from kdlab.protocols.result_line import FORMAT, upgrade
 
 
 @dataclass(frozen=True)
@@ -39,13 +41,27 @@ def results_path(location: str | Path) -> Path:
 
 
 def load_results(location: str | Path) -> list[dict[str, Any]]:
-    """The records of a results file, keeping the last line of each run id."""
-    records = {r["id"]: r for r in read_results(results_path(location)) if "id" in r}
+    """The records of a results file in the current format, keeping the last line of each run id."""
+    path = results_path(location)
+    records = {}
+    for number, line in enumerate(read_results(path), 1):
+        record = upgrade(line)
+        if record is None:
+            raise ConfigError(f"{path}: line {number} is not a results line this kdlab reads (format "
+                              f"{line.get('format')!r}; it reads {FORMAT} and the earlier unversioned "
+                              "lines); report it with the kdlab that wrote it")
+        records[record["id"]] = record
     return list(records.values())
 
 
+def split_metrics(record: dict[str, Any], split: str) -> dict[str, Any]:
+    """The metrics of one evaluated split (``test``: the reported test split)."""
+    values = record.get("test") if split == "test" else (record.get("metrics") or {}).get(split)
+    return values if isinstance(values, dict) else {}
+
+
 def metric(record: dict[str, Any], split: str, key: str = "top1") -> float | None:
-    value = (record.get(split) or {}).get(key)
+    value = split_metrics(record, split).get(key)
     return float(value) if isinstance(value, (int, float)) else None
 
 
@@ -60,7 +76,7 @@ def select(records: Sequence[dict[str, Any]], **match: Any) -> list[dict[str, An
 
 def per_class_mean(records: Sequence[dict[str, Any]], split: str) -> list[float] | None:
     """The mean over records (seeds) of each class's top-1; None when no record has per-class values."""
-    rows = [(r.get(split) or {}).get("per_class_top1") for r in records]
+    rows = [split_metrics(r, split).get("per_class_top1") for r in records]
     rows = [row for row in rows if row]
     if not rows:
         return None

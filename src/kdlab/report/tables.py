@@ -131,11 +131,14 @@ def imbalance_table(records: Sequence[dict[str, Any]]) -> str:
 
 
 def cost_table(records: Sequence[dict[str, Any]]) -> str:
-    """Runs and mean training time per role and method."""
+    """Runs and mean cost per run per role and method: train time, step time, images per second and
+    peak memory."""
     rows = []
+    keys = ("train_time_s", "step_time_ms", "img_per_s", "peak_mem_mb")
     for role in ("teacher", "student"):
         for name in ordered(r["method"] for r in records if r["role"] == role):
             runs = select(records, role=role, method=name)
-            time = Stat.of(r.get("train_time_s") for r in runs)
-            rows.append([role, name, str(len(runs)), fmt(time, 1)])
-    return _table(["role", "method", "runs", "train time per run (s)"], rows)
+            stats = [Stat.of((r.get("cost") or {}).get(key) for r in runs) for key in keys]
+            rows.append([role, name, str(len(runs)), *(fmt(stat, 1) for stat in stats)])
+    header = ["role", "method", "runs", "train time (s)", "step time (ms)", "img/s", "peak memory (MiB)"]
+    return _table(header, rows)

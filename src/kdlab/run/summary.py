@@ -9,6 +9,7 @@ from kdlab.core import distributed
 from kdlab.data import DataBundle
 from kdlab.engine import Trainer
 from kdlab.engine.metrics import evaluate_logits
+from kdlab.engine.trainer import peak_memory_mb
 from kdlab.robustness import corruption_summary
 
 
@@ -45,6 +46,7 @@ def summarize(config: RunConfig, trainer: Trainer, data: DataBundle, final_val: 
         "train_time_s": round(trainer.train_time, 3),
         "wall_time_s": round(wall, 3),
         "img_per_s": round(trainer.images_per_second, 1),
+        "peak_mem_mb": round(peak_memory_mb(trainer.device), 1),
         "precision": trainer.precision.name,
         "world_size": distributed.world_size(),
     }
