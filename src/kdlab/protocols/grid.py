@@ -1,10 +1,13 @@
-"""Expand a study into ordinary runs: conditions x pairs x methods x seeds, plus the teachers they need.
+"""Expand a study into ordinary runs: conditions x pairs x methods (x hyper-parameter draws) x seeds, plus
+the teachers they need.
 
 A teacher is one ``ce`` run of the pair's teacher model, keyed by (teacher model, the data it trains on,
 seed); every student run that needs it (methods whose ``needs_teacher`` is set) depends on it, so each
 teacher is trained once and shared by all methods (and, with ``teacher.per_seed: false``, all seeds).
-Jobs are listed seed by seed, teachers before their students, which is the order the pool starts them:
-an interrupted study has whole seeds done first.
+A method with a ``search`` space gets ``search.draws`` student runs per cell (ids ``..._d<k>_s<seed>``),
+draw ``k``'s values (:func:`.search.draw`) set over the method entry's. Jobs are listed seed by seed,
+teachers before their students, which is the order the pool starts them: an interrupted study has whole
+seeds done first.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from kdlab.config.load import ConfigError, read_yaml, set_dotted
+from kdlab.protocols import search
+from kdlab.protocols.result_line import flatten
 from kdlab.protocols.study_schema import ConditionsConfig, MethodEntry, PairConfig, StudyConfig
 
 
@@ -63,6 +68,8 @@ class Job:
     teacher_model: str | None = None
     depends: str | None = None
     labels_key: str | None = field(default=None, repr=False)
+    draw: int | None = None
+    searched: dict[str, Any] = field(default_factory=dict)
 
 
 def slug(text: str) -> str:
@@ -165,16 +172,19 @@ def expand(study: StudyConfig, folder: Path, study_dir: Path) -> list[Job]:
                 for entry in study.methods:
                     if entry.pairs is not None and pair.name not in entry.pairs:
                         continue
-                    job = _student_job(study, base, runs_dir, condition, pair, entry, seed)
+                    draws = range(study.search.draws) if entry.search else [None]
+                    for index in draws:
+                        job = _student_job(study, base, runs_dir, condition, pair, entry, seed, index)
+                        students.append(job)
                     if _method(METHODS, entry.name).needs_teacher:
                         teacher = _teacher_job(study, base, runs_dir, condition, pair, seed)
                         if teacher.id not in teachers:
                             teachers[teacher.id] = teacher
                             fresh.append(teacher)
                         checkpoint = _teacher_checkpoint(study, runs_dir, teacher)
-                        job.tree["teacher"] = {"name": pair.teacher, "checkpoint": str(checkpoint)}
-                        job.depends = teacher.id
-                    students.append(job)
+                        for job in students[-len(draws):]:
+                            job.tree["teacher"] = {"name": pair.teacher, "checkpoint": str(checkpoint)}
+                            job.depends = teacher.id
         jobs += fresh + students
     return jobs
 
@@ -196,12 +206,22 @@ def _method(methods: Any, name: str) -> Any:
 
 
 def _student_job(study: StudyConfig, base: dict[str, Any], runs_dir: Path, condition: Condition,
-                 pair: PairConfig, entry: MethodEntry, seed: int) -> Job:
-    job_id = f"student_{condition.name}_{pair_slug(pair.name)}_{slug(entry.title)}_s{seed}"
+                 pair: PairConfig, entry: MethodEntry, seed: int, draw: int | None) -> Job:
+    """A student run; ``draw`` (None: the method searches nothing) is its hyper-parameter draw, whose
+    values are set over the method entry's. ``searched``: every searched key's value in the run's config
+    (None where neither the draw nor the entry sets it: the method's default)."""
+    tag = "" if draw is None else f"_d{draw}"
+    job_id = f"student_{condition.name}_{pair_slug(pair.name)}_{slug(entry.title)}{tag}_s{seed}"
     tree = _run_tree(base, entry.overrides, condition, pair.student, _method_section(entry), seed, job_id,
                      runs_dir)
+    values = {} if draw is None else search.draw(entry.search, study.search.seed, entry.title, draw)
+    for key, value in values.items():
+        set_dotted(tree, key.split("."), value)
+    flat = flatten(tree)
+    searched = {key: flat.get(key) for key in sorted(entry.search)} if draw is not None else {}
     return Job(job_id, "student", condition, pair.name, pair.student, entry.title, entry.name, seed, tree,
-               teacher_model=pair.teacher, labels_key=condition.name if condition.noise else None)
+               teacher_model=pair.teacher, labels_key=condition.name if condition.noise else None, draw=draw,
+               searched=searched)
 
 
 def _teacher_job(study: StudyConfig, base: dict[str, Any], runs_dir: Path, condition: Condition,

@@ -42,7 +42,7 @@ from kdlab.protocols.records import (
     read_status,
     read_summary,
 )
-from kdlab.protocols.result_line import run_line
+from kdlab.protocols.result_line import hparams_of, run_config, run_line
 from kdlab.protocols.runner import Outcome, Run, Runner
 from kdlab.protocols.study_schema import StudyConfig
 
@@ -51,8 +51,9 @@ __all__ = ["Outcome", "Study", "study_line"]
 
 def study_line(job: Job, summary: dict[str, Any], study_dir: Path) -> dict[str, Any]:
     """The results line (:mod:`.result_line`) of a finished job: its grid cell (condition, pair, method,
-    seed), who it is (role, models, teacher run) and what the data condition was (noise and imbalance
-    settings, the realized noise, the training class counts and groups)."""
+    seed and, for a searched method, the draw), who it is (role, models, teacher run, the searched
+    values) and what the data condition was (noise and imbalance settings, the realized noise, the
+    training class counts and groups)."""
     condition = job.condition
     corruption = summary.get("corruption", {})
     noise = corruption.get("noise") or {}
@@ -69,6 +70,8 @@ def study_line(job: Job, summary: dict[str, Any], study_dir: Path) -> dict[str, 
         "teacher_run": job.depends,
         "method": job.method,
         "method_name": job.method_name,
+        "draw": job.draw,
+        "searched": job.searched,
         "classes": summary.get("classes"),
         "train_counts": corruption.get("train_counts"),
         "groups": corruption.get("groups"),
@@ -76,9 +79,13 @@ def study_line(job: Job, summary: dict[str, Any], study_dir: Path) -> dict[str, 
         "realized_noise_val": noise.get("realized_rate_val"),
     }
     axes = {"condition": condition.name, "pair": job.pair, "method": job.method, "seed": job.seed}
+    if job.draw is not None:
+        axes["draw"] = job.draw
     run_dir = study_dir / "runs" / job.id
+    searched = {key: value for key, value in job.searched.items() if value is not None}
+    hparams = {**hparams_of(run_config(run_dir, job.tree)), **searched}
     return run_line(protocol="study", run_id=job.id, run_dir=run_dir, results_dir=study_dir, tree=job.tree,
-                    axes=axes, seed=job.seed, identity=identity, summary=summary)
+                    axes=axes, seed=job.seed, identity=identity, summary=summary, hparams=hparams)
 
 
 class Study:

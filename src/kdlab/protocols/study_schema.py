@@ -18,6 +18,16 @@ key and its closest valid spelling. Example::
     teacher: {data: corrupted, per_seed: true}
     workers: 2
     executor: {backend: local, retries: 1}    # or {backend: ray, address: auto, num_cpus: 4, num_gpus: 1}
+
+A method may search hyper-parameters (:mod:`.search`): ``search.draws`` draws per grid cell, draw 0 the
+defaults, the report selecting per cell on validation::
+
+    methods:
+      - name: kd
+        search:
+          method.params.temperature: {distribution: log_uniform, low: 1, high: 16, default: 4}
+          method.weights.kd: {distribution: uniform, low: 0.1, high: 0.9}
+    search: {draws: 8, seed: 0}
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ from pydantic import Field, ValidationError, model_validator
 from kdlab.config.load import ConfigError, explain, read_yaml
 from kdlab.config.schema import Section
 from kdlab.protocols.executor import ExecutorConfig
+from kdlab.protocols.search import HParamSpace, SearchConfig
 
 
 class PairConfig(Section):
@@ -53,6 +64,8 @@ class MethodEntry(Section):
     params: dict[str, Any] = Field(default_factory=dict)
     overrides: dict[str, Any] = Field(default_factory=dict, description="dotted keys for this method's runs")
     pairs: list[str] | None = Field(None, description="only these pairs (by name), e.g. FSP: equal widths")
+    search: dict[str, HParamSpace] = Field(
+        default_factory=dict, description="dotted run-config keys to search (search.draws draws per cell)")
 
     @property
     def title(self) -> str:
@@ -138,6 +151,7 @@ class StudyConfig(Section):
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
     out_dir: str = Field("runs/studies", description="the study directory is OUT_DIR/NAME")
     report: ReportConfig = Field(default_factory=ReportConfig)
+    search: SearchConfig = Field(default_factory=SearchConfig)
 
     @model_validator(mode="after")
     def _unique(self) -> StudyConfig:

@@ -21,6 +21,7 @@ from kdlab.protocols.grid import pair_slug, slug
 from kdlab.report import plots
 from kdlab.report.domains import domain_tables
 from kdlab.report.results import load_results, ordered, results_path, select
+from kdlab.report.search import Cell, Selection, keep_selected, search_table, searched_keys, select_draws
 from kdlab.report.tables import (
     accuracy_table,
     conditions,
@@ -74,8 +75,14 @@ def write_report(location: str | Path, out: str | Path | None = None, split: str
         "bold: the best mean of the column. Test sets are clean and balanced.",
         "",
     ]
+    chosen = select_draws(records, split)
+    if chosen:
+        lines += ["A searched method's cells show its validation-selected draw (Hyper-parameter search).", ""]
+    shown = keep_selected(records, chosen)
     for pair in ordered(r["pair"] for r in students):
-        lines += _pair_section(records, pair, split, baseline, root, out)
+        lines += _pair_section(shown, pair, split, baseline, root, out)
+    if chosen:
+        lines += _search_section(records, chosen, split, settings, out)
     for title, table in (("Label noise actually applied", noise_table(records)),
                          ("Class imbalance actually applied", imbalance_table(records)),
                          ("Runs and cost", cost_table(records))):
@@ -89,6 +96,24 @@ def write_report(location: str | Path, out: str | Path | None = None, split: str
     path = out / "report.md"
     path.write_text("\n".join(lines).rstrip() + "\n")
     return path
+
+
+def _search_section(records: list[dict[str, Any]], chosen: dict[Cell, Selection], split: str,
+                    settings: dict[str, Any], out: Path) -> list[str]:
+    log_keys = {key for m in settings.get("methods", []) for key, space in (m.get("search") or {}).items()
+                if space.get("distribution") == "log_uniform"}
+    lines = ["## Hyper-parameter search", "",
+             f"Per cell, the draw with the best mean validation top-1 over seeds is selected (draw 0: the "
+             f"defaults); test figures ({plots.SPLIT_LABEL[split]}) are shown for it, never used to select. "
+             "Ranges: the lowest and highest mean over seeds among the cell's draws.", ""]
+    for pair in ordered(cell[0] for cell in chosen):
+        lines += [f"### {pair}", "", search_table(chosen, pair), ""]
+        for condition in ordered(cell[1] for cell in chosen if cell[0] == pair):
+            for key in searched_keys(records, pair, condition):
+                name = f"search_{pair_slug(pair)}_{slug(condition)}_{slug(key)}.png"
+                _image(lines, plots.search_plot(records, pair, condition, key, split, key in log_keys, chosen,
+                                                out / name), out, f"validation top-1 vs {key}, {condition}")
+    return lines
 
 
 def _dg_report(records: list[dict[str, Any]], source: Path, out: Path) -> Path:

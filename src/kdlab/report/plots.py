@@ -1,5 +1,6 @@
 """PNG plots of a study (matplotlib, Agg backend): accuracy vs noise rate and vs imbalance ratio per
-method, per-class accuracy bars, training curves and the realized noise transition matrices."""
+method, per-class accuracy bars, training curves, the realized noise transition matrices and, for a
+hyper-parameter search, validation accuracy against each searched hyper-parameter."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from matplotlib.axes import Axes  # noqa: E402
 
 from kdlab.engine.logger import read_metrics  # noqa: E402
 from kdlab.report.results import Stat, metric, per_class_mean, select, split_metrics  # noqa: E402
+from kdlab.report.search import validation_score  # noqa: E402
 from kdlab.report.style import method_style, wants_log_scale  # noqa: E402
 from kdlab.report.tables import methods, teacher_stat  # noqa: E402
 
@@ -219,4 +221,38 @@ def transition_matrix(root: Path, record: dict[str, Any], path: Path) -> Path | 
     if isinstance(realized, (int, float)) and math.isfinite(realized):
         title += f": realized train noise {100 * realized:.1f}%"
     ax.set_title(title)
+    return _save(fig, path)
+
+
+def search_plot(records: Sequence[dict[str, Any]], pair: str, condition: str, key: str, split: str,
+                log_x: bool, selected: dict[tuple[str, str, str], Any], path: Path) -> Path | None:
+    """Validation top-1 (mean over seeds) of every draw against the searched hyper-parameter ``key``,
+    one colour per method, the selected draw ringed."""
+    runs = [r for r in select(records, role="student", pair=pair, condition=condition)
+            if r.get("draw") is not None and isinstance((r.get("searched") or {}).get(key), (int, float))]
+    if not runs:
+        return None
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for index, name in enumerate(dict.fromkeys(r["method"] for r in runs)):
+        mine = [r for r in runs if r["method"] == name]
+        points = []
+        for draw in sorted({r["draw"] for r in mine}):
+            stat = Stat.of(validation_score(r, split) for r in mine if r["draw"] == draw)
+            if stat is not None:
+                points.append((draw, next(r for r in mine if r["draw"] == draw)["searched"][key], stat.mean))
+        style = method_style(index)
+        ax.scatter([x for _, x, _ in points], [y for _, _, y in points], color=style["color"],
+                   marker=style["marker"], label=name)
+        best = selected.get((pair, condition, name))
+        ax.scatter([x for d, x, _ in points if best is not None and d == best.draw],
+                   [y for d, _, y in points if best is not None and d == best.draw], s=160,
+                   facecolors="none", edgecolors="black", linewidths=1.4)
+    if log_x:
+        ax.set_xscale("log")
+    ax.set_xlabel(key + (" (log scale)" if log_x else ""))
+    ax.set_ylabel("validation top-1 (%), mean over seeds")
+    ax.set_title(f"{pair}, {condition}: validation accuracy of each draw\n(ringed: the selected draw)",
+                 fontsize=10)
+    ax.grid(True, alpha=0.3)
+    _legend(ax)
     return _save(fig, path)

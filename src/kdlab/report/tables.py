@@ -47,7 +47,7 @@ def _row(cells: Sequence[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     lines = [_row(header), _row(["---"] * len(header))]
     lines += [_row(r) for r in rows]
     return "\n".join(lines)
@@ -81,7 +81,7 @@ def accuracy_table(records: Sequence[dict[str, Any]], pair: str, split: str, bas
             text = fmt(stat) + ("" if name == baseline else delta(stat, base))
             cells.append(f"**{text}**" if stat is not None and stat.mean == best[column] else text)
         rows.append([name, *cells])
-    return _table(["method", *columns], rows)
+    return markdown_table(["method", *columns], rows)
 
 
 def group_table(records: Sequence[dict[str, Any]], pair: str, condition: str, split: str,
@@ -99,7 +99,7 @@ def group_table(records: Sequence[dict[str, Any]], pair: str, condition: str, sp
             stat = Stat.of(metric(r, split, key) for r in runs)
             cells.append(fmt(stat) + ("" if name == baseline else delta(stat, base[key])))
         rows.append([name, *cells])
-    return _table(header, rows)
+    return markdown_table(header, rows)
 
 
 def noise_table(records: Sequence[dict[str, Any]]) -> str:
@@ -112,7 +112,8 @@ def noise_table(records: Sequence[dict[str, Any]]) -> str:
         realized = [record.get("realized_noise_train"), record.get("realized_noise_val")]
         rows.append([name, str(record["noise_type"]), f"{record['noise_rate']:g}",
                      *("-" if v is None else f"{v:.4f}" for v in realized)])
-    return _table(["condition", "type", "rate", "realized (train)", "realized (val)"], rows) if rows else ""
+    header = ["condition", "type", "rate", "realized (train)", "realized (val)"]
+    return markdown_table(header, rows) if rows else ""
 
 
 def imbalance_table(records: Sequence[dict[str, Any]]) -> str:
@@ -126,8 +127,8 @@ def imbalance_table(records: Sequence[dict[str, Any]]) -> str:
         group_text = "; ".join(f"{g}: {len(groups.get(g, []))}" for g in GROUPS)
         rows.append([name, shown, f"{max(counts) / max(min(counts), 1):.1f}", f"{groups.get('rule', '-')}: "
                      f"{group_text}"])
-    return _table(["condition", "training samples per class", "n_max/n_min", "groups (classes)"], rows) \
-        if rows else ""
+    header = ["condition", "training samples per class", "n_max/n_min", "groups (classes)"]
+    return markdown_table(header, rows) if rows else ""
 
 
 def cost_table(records: Sequence[dict[str, Any]]) -> str:
@@ -141,4 +142,4 @@ def cost_table(records: Sequence[dict[str, Any]]) -> str:
             stats = [Stat.of((r.get("cost") or {}).get(key) for r in runs) for key in keys]
             rows.append([role, name, str(len(runs)), *(fmt(stat, 1) for stat in stats)])
     header = ["role", "method", "runs", "train time (s)", "step time (ms)", "img/s", "peak memory (MiB)"]
-    return _table(header, rows)
+    return markdown_table(header, rows)
