@@ -23,7 +23,7 @@ from tests.test_dg import write_dg_files
 from tests.test_study import study_tree
 
 pytestmark = pytest.mark.ray
-METRICS = ("test_last", "test_selected", "val_last", "steps", "epochs", "selected", "train_counts")
+METRICS = ("metrics", "result", "hparams", "axes", "train_counts")
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +96,7 @@ def test_a_killed_ray_worker_is_retried_and_resumes_from_last_pt(tmp_path, ray_a
     assert status["attempt"] == 2 and status["resumed"] is True and status["state"] == "done"
     assert len(logged_pids(log, "Ray worker pid")) == 2
     records = read_results(study.dir / "results.jsonl")
-    assert [r["id"] for r in records] == [job] and records[0]["steps"] == 300
+    assert [r["id"] for r in records] == [job] and records[0]["cost"]["steps"] == 300
 
 
 def test_a_killed_or_stopped_driver_on_ray_then_rerun_loses_and_repeats_nothing(tmp_path, ray_address):

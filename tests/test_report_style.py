@@ -5,6 +5,7 @@ import json
 
 from PIL import Image
 
+from kdlab.protocols.result_line import upgrade
 from kdlab.report import plots
 from kdlab.report.style import method_style, wants_log_scale
 from tests.test_study import fake_record
@@ -26,8 +27,8 @@ def test_log_scale_only_across_orders_of_magnitude():
 def records(tmp_path, classes=10):
     rows = []
     for index, name in enumerate(NAMES):
-        row = fake_record(name, "clean", 0, 60.0 + index)
-        row["test_last"]["per_class_top1"] = [50.0 + (index + c) % 40 for c in range(classes)]
+        row = upgrade(fake_record(name, "clean", 0, 60.0 + index))
+        row["metrics"]["test_last"]["per_class_top1"] = [50.0 + (index + c) % 40 for c in range(classes)]
         row["classes"] = [f"c{c}" for c in range(classes)]
         rows.append(row)
         run_dir = tmp_path / row["run_dir"]

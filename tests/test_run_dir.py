@@ -13,9 +13,8 @@ from kdlab.cli.main import main
 from kdlab.config import validate
 from kdlab.core.errors import ConfigError, RunInterrupted
 from kdlab.data import build_data
-from kdlab.data.domains import DOMAIN_SETS
 from kdlab.engine.logger import read_metrics
-from kdlab.protocols.dg import table as dg_table
+from kdlab.report.domains import table as dg_table
 from kdlab.run import train
 from kdlab.run.rundir import run_lock
 
@@ -88,10 +87,10 @@ def test_an_averaged_run_reports_the_online_student_beside_the_average(digits_co
 
 
 def test_the_dg_table_has_an_online_student_row_for_averaged_configs():
-    spec = DOMAIN_SETS.get("pacs")
-    lines = [{"config": "wakd", "target": 0, "test_acc": 80.0, "online_test_acc": 78.0},
-             {"config": "kd", "target": 0, "test_acc": 75.0, "online_test_acc": None}]
-    rows = dg_table(lines, spec, [0]).splitlines()
+    lines = [{"config": "wakd", "target_name": "art_painting", "test": {"top1": 80.0},
+              "metrics": {"online_test_last": {"top1": 78.0}}},
+             {"config": "kd", "target_name": "art_painting", "test": {"top1": 75.0}, "metrics": {}}]
+    rows = dg_table(lines, ["art_painting"]).splitlines()
     assert rows[2].startswith("| wakd | 80.0") and rows[3].startswith("| wakd (online student) | 78.0")
     assert rows[4].startswith("| kd | 75.0") and len(rows) == 5
 
