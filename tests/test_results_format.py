@@ -5,6 +5,7 @@ import json
 import pytest
 
 from kdlab.cli.main import main as cli_main
+from kdlab.protocols.dg import merge_lines
 from kdlab.protocols.records import read_results
 from kdlab.protocols.result_line import FORMAT, upgrade
 from kdlab.report import write_report
@@ -70,3 +71,10 @@ def test_upgrade_keeps_current_lines_and_converts_earlier_study_lines(record):
         assert upgraded["protocol"] == "study" and upgraded["axes"]["condition"] == "clean"
     else:
         assert upgraded is record
+
+
+def test_kdlab_dg_replaces_an_earlier_kdlab_line_of_the_same_run(tmp_path):
+    earlier = [upgrade(legacy_dg_line(tmp_path, seed, 80.0)) for seed in (0, 1)]
+    new = {**earlier[0], "id": "kd__0__seed0", "run_dir": "kd/0/seed0", "test": {"top1": 81.0}}
+    merged = merge_lines(earlier, [new], tmp_path)
+    assert merged == [new, earlier[1]]

@@ -47,7 +47,7 @@ from kdlab.config.schema import RunConfig
 from kdlab.data.domains import DOMAIN_SETS, DomainSet
 from kdlab.protocols.executor import ExecutorConfig, make_executor
 from kdlab.protocols.records import RESULTS, read_results, read_summary
-from kdlab.protocols.result_line import hparams_of, reported_split, run_line, upgrade
+from kdlab.protocols.result_line import reported_split, run_line, upgrade
 from kdlab.protocols.runner import Outcome, Run, Runner
 
 SHARED_DATA_KEYS = ("name", "root", "val_fraction")
@@ -202,7 +202,7 @@ def dg_line(run: RunSpec, spec: DomainSet, out_dir: Path) -> dict[str, Any] | No
     tree = run.config.model_dump(mode="json")
     line = run_line(protocol="dg", run_id=run_id(run, out_dir), run_dir=run.run_dir, results_dir=out_dir,
                     tree=tree, axes={"config": run.label, "target": target_name, "seed": run.seed},
-                    seed=run.seed, identity=identity, summary=summary, hparams=hparams_of(tree))
+                    seed=run.seed, identity=identity, summary=summary)
     line["domains"] = {target_name: summary[reported_split(summary)]["top1"]}
     return line
 
@@ -216,7 +216,9 @@ def merge_lines(earlier: Sequence[dict[str, Any]], lines: Sequence[dict[str, Any
         run_dir = line.get("run_dir")
         if not isinstance(run_dir, str) or not (out_dir / run_dir).is_dir():
             return None
-        return "__".join((out_dir / run_dir).resolve().relative_to(out_dir.resolve()).parts)
+        path = (out_dir / run_dir).resolve()
+        inside = path.is_relative_to(out_dir.resolve())
+        return "__".join(path.relative_to(out_dir.resolve()).parts) if inside else str(path)
 
     merged = {k: line for line in earlier if (k := key(line)) is not None}
     merged.update((line["id"], line) for line in lines)
