@@ -30,6 +30,8 @@ from pydantic import Field
 
 from kdlab.config.schema import Section
 from kdlab.core.errors import ConfigError
+from kdlab.protocols.children import die_with_parent, kdlab_command, thread_env
+from kdlab.protocols.warm import warm_launcher
 
 INTERRUPTED = 130
 
@@ -43,6 +45,9 @@ class ExecutorConfig(Section):
     num_cpus: float = Field(1.0, gt=0, description="ray: CPUs each run requests (and its thread count)")
     num_gpus: float = Field(0.0, ge=0, description="ray: GPUs each run requests")
     retries: int = Field(1, ge=0, description="how often a failed run is tried again (resuming its last.pt)")
+    warm: bool = Field(True, description="start each run from a process that has kdlab and torch imported "
+                                         "(a fork server; on ray, one per Ray worker); false: a fresh "
+                                         "Python process per run")
 
 
 @dataclass(frozen=True)
@@ -99,30 +104,12 @@ class Process(Protocol):
 Launcher = Callable[[list[str], Path, dict[str, str]], Process]
 
 
-def die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Have the kernel end this (child) process when its parent dies (Linux ``PR_SET_PDEATHSIG``)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
-    except OSError:
-        pass
-
-
 def subprocess_launcher(command: list[str], log: Path, env: dict[str, str], cwd: Path | None = None
                         ) -> subprocess.Popen[bytes]:
     """Start ``command`` with its output appended to ``log``; it ends when this process dies."""
     with log.open("a") as handle:
         return subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=cwd,
                                 preexec_fn=die_with_parent if sys.platform == "linux" else None)
-
-
-def kdlab_command(argv: Sequence[str]) -> list[str]:
-    return [sys.executable, "-m", "kdlab.cli.main", *argv]
-
-
-def thread_env(threads: int) -> dict[str, str]:
-    return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
 
 
 class LocalHandle:
@@ -141,9 +128,11 @@ class LocalHandle:
 
     def wait(self, timeout: float) -> int | None:
         try:
-            return self.process.wait(timeout=timeout)
+            code = self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             return None
+        self.release()
+        return code
 
     def kill(self) -> None:
         self.process.kill()
@@ -157,6 +146,7 @@ class LocalExecutor:
         self.capacity, self.threads, self.launcher = workers, threads, launcher
         self.devices = list(devices or ())
         self.busy: list[str] = []
+        self.running: dict[int, Process] = {}
 
     def start(self, task: Task) -> Handle:
         env = {**os.environ, **thread_env(self.threads)}
@@ -165,17 +155,24 @@ class LocalExecutor:
             device = env["CUDA_VISIBLE_DEVICES"] = min(self.devices, key=self.busy.count)
             self.busy.append(device)
         process = self.launcher(kdlab_command(task.argv), task.log, env)
-        return LocalHandle(process, lambda: self._release(device))
+        self.running[id(process)] = process
+        return LocalHandle(process, lambda: self._release(process, device))
 
-    def _release(self, device: str | None) -> None:
+    def _release(self, process: Process, device: str | None) -> None:
+        self.running.pop(id(process), None)
         if device is not None and device in self.busy:
             self.busy.remove(device)
 
     def describe(self) -> str:
-        return f"{self.capacity} local worker(s) x {self.threads} thread(s)"
+        kind = "warm" if self.launcher is warm_launcher else "local"
+        return f"{self.capacity} {kind} worker(s) x {self.threads} thread(s)"
 
     def close(self) -> None:
-        pass
+        """End any run still in flight (the protocol waits for its runs, so only after an error)."""
+        for process in list(self.running.values()):
+            process.kill()
+            process.wait()
+        self.running.clear()
 
 
 def cpu_count() -> int:
@@ -186,11 +183,13 @@ def cpu_count() -> int:
 
 
 def make_executor(config: ExecutorConfig, *, workers: int | None, threads: int | None = None,
-                  devices: Sequence[str] | None = None, launcher: Launcher = subprocess_launcher) -> Executor:
+                  devices: Sequence[str] | None = None, launcher: Launcher | None = None) -> Executor:
     """The executor ``config`` names. ``workers``: runs at once (default 1 locally; unbounded on Ray);
-    ``threads``: threads per run (default: local, the cores / workers; Ray, ``num_cpus``)."""
+    ``threads``: threads per run (default: local, the cores / workers; Ray, ``num_cpus``); ``launcher``
+    starts the local backend's processes (default: warm children, or subprocesses with ``warm`` off)."""
     if config.backend == "local":
         workers = workers or 1
+        launcher = launcher or (warm_launcher if config.warm else subprocess_launcher)
         return LocalExecutor(workers, threads or max(1, cpu_count() // workers), devices, launcher)
     if devices:
         raise ConfigError("devices: names GPUs of this machine for the local backend; on ray, request GPUs "

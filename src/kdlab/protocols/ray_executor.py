@@ -26,26 +26,23 @@ import ray
 from ray.exceptions import GetTimeoutError, RayError, TaskCancelledError
 
 from kdlab.core.errors import ConfigError
-from kdlab.protocols.executor import (
-    INTERRUPTED,
-    ExecutorConfig,
-    Handle,
-    Task,
-    kdlab_command,
-    subprocess_launcher,
-    thread_env,
-)
+from kdlab.protocols.children import kdlab_command, thread_env
+from kdlab.protocols.executor import INTERRUPTED, ExecutorConfig, Handle, Task, subprocess_launcher
+from kdlab.protocols.warm import warm_launcher
 
 LOST = -1
 
 
 @ray.remote(max_retries=0)
-def run_kdlab(argv: list[str], log: str, threads: int, cwd: str) -> int:
-    """Run ``kdlab ARGV`` on this node with its output appended to ``log``; its exit code."""
+def run_kdlab(argv: list[str], log: str, threads: int, cwd: str, warm: bool) -> int:
+    """Run ``kdlab ARGV`` on this node with its output appended to ``log``; its exit code. ``warm``:
+    as a child of this Ray worker's fork server (:mod:`.warm`), which outlives the task because Ray
+    reuses its worker processes."""
     path = Path(log)
     with path.open("a") as handle:
         handle.write(f"kdlab: on node {socket.gethostname()} (Ray worker pid {os.getpid()})\n")
-    process = subprocess_launcher(kdlab_command(argv), path, {**os.environ, **thread_env(threads)}, Path(cwd))
+    launcher = warm_launcher if warm else subprocess_launcher
+    process = launcher(kdlab_command(argv), path, {**os.environ, **thread_env(threads)}, Path(cwd))
     with path.open("a") as handle:
         handle.write(f"kdlab: run pid {process.pid}\n")
     try:
@@ -110,7 +107,8 @@ class RayExecutor:
         self.remote = run_kdlab.options(num_cpus=config.num_cpus, num_gpus=config.num_gpus)
 
     def start(self, task: Task) -> Handle:
-        ref = self.remote.remote(task.argv, str(task.log.resolve()), self.threads, str(task.cwd.resolve()))
+        ref = self.remote.remote(task.argv, str(task.log.resolve()), self.threads, str(task.cwd.resolve()),
+                                 self.config.warm)
         return RayHandle(ref, task.log)
 
     def describe(self) -> str:

@@ -32,7 +32,7 @@ from kdlab.core.runtime import Runtime
 from kdlab.data import build_data
 from kdlab.methods.registry import resolve_method
 from kdlab.models.registry import MODELS
-from kdlab.protocols.executor import Executor, Launcher, make_executor, subprocess_launcher
+from kdlab.protocols.executor import Executor, Launcher, make_executor
 from kdlab.protocols.grid import Job, expand
 from kdlab.protocols.records import (
     RESULTS,
@@ -94,7 +94,7 @@ class Study:
     ``launcher`` starts the local backend's subprocesses."""
 
     def __init__(self, config: StudyConfig, folder: Path, *, workers: int | None = None,
-                 executor: Executor | None = None, launcher: Launcher = subprocess_launcher,
+                 executor: Executor | None = None, launcher: Launcher | None = None,
                  poll_interval: float = 0.5, echo: Callable[[str], None] = print) -> None:
         self.config = config
         self.dir = Path(config.out_dir) / config.name
