@@ -12,7 +12,8 @@ from kdlab.run.teacher_cache import attach_teacher_cache
 from tests.test_study import InProcess, job_name, make_study
 
 TEACHER = "teacher_clean_cnn_tiny_s0"
-BASE = {"data": {"name": "digits", "batch_size": 32, "val_fraction": 0.1, "subset": 256, "augment": "standard"},
+BASE = {"data": {"name": "digits", "batch_size": 32, "val_fraction": 0.1, "subset": 256,
+                 "augment": "standard"},
         "student": {"name": "cnn_tiny"},
         "train": {"epochs": 2, "eval_every": 1, "precision": "fp32", "progress": False}}
 LOGIT_METHODS = [{"name": "kd"}, {"name": "dkd"}, {"name": "ipwd"}]
