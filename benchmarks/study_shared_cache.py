@@ -13,7 +13,7 @@ runs), the teacher's and the fill's wall time, and each method's test top-1 (las
 The study directories go to ``--work-dir`` (a temporary folder by default), never into the repository.
 
 Usage: python benchmarks/study_shared_cache.py [--data ../shared/data/cifar10/cifar10-jpeg.tar.gz
-       --train-size 5000 --epochs 4 --seeds 3 --teacher resnet20 --student resnet8 --threads 2]
+       --train-size 4000 --epochs 3 --seeds 3 --teacher resnet20 --student resnet8 --threads 2]
 """
 
 from __future__ import annotations
@@ -86,8 +86,8 @@ def run_variant(args: argparse.Namespace, share: bool, out_dir: Path) -> dict[st
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=str(benchlib.REPO / "../shared/data/cifar10/cifar10-jpeg.tar.gz"))
-    parser.add_argument("--train-size", type=int, default=5000)
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--train-size", type=int, default=4000)
+    parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--teacher", default="resnet20")
     parser.add_argument("--student", default="resnet8")
