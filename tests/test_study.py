@@ -94,12 +94,19 @@ class InProcess:
 
     def __call__(self, command, log, env):
         self.commands.append(command)
-        job = Path(command[-2]).stem if "--resume" not in command else Path(command[-2]).name
+        job = job_name(command)
         return FakeProcess(command, crash=job == self.crash, code=1 if job == self.fail else None,
                            pretend=self.pretend)
 
     def jobs(self):
-        return [Path(c[-2]).stem if "--resume" not in c else Path(c[-2]).name for c in self.commands]
+        return [job_name(c) for c in self.commands]
+
+
+def job_name(command):
+    """The job a kdlab command runs: its config's stem, or the run directory it resumes."""
+    if "cache-teacher" in command:
+        return Path(command[-1]).stem
+    return Path(command[-2]).stem if "--resume" not in command else Path(command[-2]).name
 
 
 def test_conditions_and_expansion(tmp_path):

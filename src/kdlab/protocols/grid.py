@@ -4,10 +4,14 @@ the teachers they need.
 A teacher is one ``ce`` run of the pair's teacher model, keyed by (teacher model, the data it trains on,
 seed); every student run that needs it (methods whose ``needs_teacher`` is set) depends on it, so each
 teacher is trained once and shared by all methods (and, with ``teacher.per_seed: false``, all seeds).
-A method with a ``search`` space gets ``search.draws`` student runs per cell (ids ``..._d<k>_s<seed>``),
-draw ``k``'s values (:func:`.search.draw`) set over the method entry's. Jobs are listed seed by seed,
-teachers before their students, which is the order the pool starts them: an interrupted study has whole
-seeds done first.
+With ``teacher.share_outputs`` (the default) the teacher's outputs are shared too (:mod:`.shared_cache`):
+one cache-fill job per teacher and set of cache-relevant student settings runs the teacher once over
+pre-drawn augmentations into ``STUDY/teacher_cache/<fill id>``, and every student whose method can replay
+the cache depends on the fill and reads the cache instead of running the teacher; the others keep the
+live teacher. A method with a ``search`` space gets ``search.draws`` student runs per cell (ids
+``..._d<k>_s<seed>``), draw ``k``'s values (:func:`.search.draw`) set over the method entry's. Jobs are
+listed seed by seed, teachers before their cache fills before their students, which is the order the
+pool starts them: an interrupted study has whole seeds done first.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from kdlab.config.load import ConfigError, read_yaml, set_dotted
-from kdlab.protocols import search
+from kdlab.protocols import search, shared_cache
 from kdlab.protocols.result_line import flatten
 from kdlab.protocols.study_schema import ConditionsConfig, MethodEntry, PairConfig, StudyConfig
 
@@ -54,7 +58,10 @@ CLEAN = Condition("clean")
 
 @dataclass
 class Job:
-    """One run of the study. ``tree`` is its run config (unvalidated); ``depends`` its teacher's job id."""
+    """One run of the study. ``tree`` is its run config (unvalidated); ``depends`` the job it waits for:
+    a student's teacher, or the shared cache fill it replays (``shared_cache``), which waits for the
+    teacher; ``teacher_job`` is a student's teacher either way. ``role``: ``teacher``, ``student`` or
+    ``cache`` (a fill, :mod:`.shared_cache`)."""
 
     id: str
     role: str
@@ -70,6 +77,8 @@ class Job:
     labels_key: str | None = field(default=None, repr=False)
     draw: int | None = None
     searched: dict[str, Any] = field(default_factory=dict)
+    teacher_job: str | None = None
+    shared_cache: str | None = None
 
 
 def slug(text: str) -> str:
@@ -163,10 +172,12 @@ def expand(study: StudyConfig, folder: Path, study_dir: Path) -> list[Job]:
     runs_dir = study_dir / "runs"
     conditions = expand_conditions(study.conditions)
     teachers: dict[str, Job] = {}
+    fills: dict[str, Job] = {}
     jobs: list[Job] = []
     for seed in study.seeds:
         students: list[Job] = []
         fresh: list[Job] = []
+        fresh_fills: list[Job] = []
         for condition in conditions:
             for pair in study.pairs:
                 for entry in study.methods:
@@ -176,7 +187,8 @@ def expand(study: StudyConfig, folder: Path, study_dir: Path) -> list[Job]:
                     for index in draws:
                         job = _student_job(study, base, runs_dir, condition, pair, entry, seed, index)
                         students.append(job)
-                    if _method(METHODS, entry.name).needs_teacher:
+                    method = _method(METHODS, entry.name)
+                    if method.needs_teacher:
                         teacher = _teacher_job(study, base, runs_dir, condition, pair, seed)
                         if teacher.id not in teachers:
                             teachers[teacher.id] = teacher
@@ -184,9 +196,23 @@ def expand(study: StudyConfig, folder: Path, study_dir: Path) -> list[Job]:
                         checkpoint = _teacher_checkpoint(study, runs_dir, teacher)
                         for job in students[-len(draws):]:
                             job.tree["teacher"] = {"name": pair.teacher, "checkpoint": str(checkpoint)}
-                            job.depends = teacher.id
-        jobs += fresh + students
+                            job.depends = job.teacher_job = teacher.id
+                            if study.teacher.share_outputs and shared_cache.replays(method, job.tree):
+                                fill = _fill_job(job, teacher, study_dir)
+                                if fill.id not in fills:
+                                    fills[fill.id] = fill
+                                    fresh_fills.append(fill)
+                                shared_cache.attach(job.tree, fills[fill.id].tree)
+                                job.depends = job.shared_cache = fill.id
+        jobs += fresh + fresh_fills + students
     return jobs
+
+
+def _fill_job(student: Job, teacher: Job, study_dir: Path) -> Job:
+    """The job filling the shared cache ``student`` replays; it waits for ``teacher``."""
+    job_id, tree = shared_cache.fill_config(student.tree, teacher.id, teacher.seed, study_dir)
+    return Job(job_id, "cache", teacher.condition, student.pair, teacher.model, "cache", "cache-teacher",
+               teacher.seed, tree, teacher_model=teacher.model, depends=teacher.id, teacher_job=teacher.id)
 
 
 def _teacher_checkpoint(study: StudyConfig, runs_dir: Path, teacher: Job) -> Path:

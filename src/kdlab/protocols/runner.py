@@ -1,12 +1,15 @@
 """Run a set of ordinary runs on an executor, resumably: what ``kdlab study`` and ``kdlab dg`` share.
 
-Each :class:`Run` is a run directory and the config that makes it, and may wait for another run (a
-student for its teacher). The runner keeps, in its state directory, ``configs/`` (each run's config),
-``logs/`` (each run's output) and ``status/`` (see :mod:`.records`), and guarantees, whichever backend
-executes the runs:
+Each :class:`Run` is a directory and the config that makes it, and may wait for another run (a student
+for its teacher). Its :class:`RunKind` says which ``kdlab`` command makes it and when it is finished:
+:data:`TRAIN` (``kdlab train``, finished when ``summary.json`` is readable) unless the protocol gives
+another (a study's teacher-cache fill, :mod:`.cache_fill`). The runner keeps, in its state directory,
+``configs/`` (each run's config), ``logs/`` (each run's output) and ``status/`` (see :mod:`.records`),
+and guarantees, whichever backend executes the runs:
 
-- a finished run (readable ``summary.json``) is never run again;
-- an unfinished run continues from its ``last.pt`` (``kdlab train --resume``), or starts over without one;
+- a finished run is never run again;
+- an unfinished run continues where it stopped (a training run from its ``last.pt`` with
+  ``kdlab train --resume``, or over again without one);
 - a failed run is tried again up to ``retries`` times in one invocation (each try resumes), and a rerun
   of the protocol tries it again;
 - the runs waiting for a failed run are marked blocked;
@@ -24,7 +27,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 
@@ -34,14 +37,59 @@ from kdlab.protocols.records import config_digest, read_status, read_summary, wr
 INTERRUPT_GRACE_S = 30.0
 
 
+class RunKind(Protocol):
+    """The ``kdlab`` command that makes a run and the test that it is finished."""
+
+    def finished(self, run_dir: Path) -> bool:
+        """Whether the run in ``run_dir`` is complete (it is then never run again)."""
+        ...
+
+    def argv(self, run_dir: Path, config: Path) -> list[str]:
+        """The ``kdlab`` arguments that make (or continue) the run from its config file ``config``."""
+        ...
+
+    def describe(self, run_dir: Path) -> str:
+        """One line on the finished run, for the progress output."""
+        ...
+
+
+class TrainRun:
+    """``kdlab train``: finished when its ``summary.json`` is readable; an unfinished run resumes from its
+    ``last.pt``, and one without starts over in a fresh directory."""
+
+    def finished(self, run_dir: Path) -> bool:
+        return read_summary(run_dir) is not None
+
+    def argv(self, run_dir: Path, config: Path) -> list[str]:
+        if (run_dir / "last.pt").is_file():
+            return ["train", "--resume", str(run_dir), "--quiet"]
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        return ["train", str(config), "--quiet"]
+
+    def describe(self, run_dir: Path) -> str:
+        summary = read_summary(run_dir) or {}
+        last = summary.get("test_last") or {}
+        return f"test top1 {last.get('top1', float('nan')):.2f} ({summary.get('wall_time_s', 0):.0f} s)"
+
+
+TRAIN = TrainRun()
+
+
 @dataclass
 class Run:
-    """One run: its id (a file name), directory, config tree and the id of the run it waits for."""
+    """One run: its id (a file name), directory, config tree, the id of the run it waits for, and its
+    kind (the command that makes it)."""
 
     id: str
     run_dir: Path
     tree: dict[str, Any]
     depends: str | None = None
+    kind: RunKind = TRAIN
+
+    @property
+    def finished(self) -> bool:
+        return self.kind.finished(self.run_dir)
 
 
 @dataclass
@@ -70,14 +118,10 @@ class Runner:
         self.on_finished, self.before_start = on_finished, before_start
 
     def command(self, run: Run) -> list[str]:
-        """The ``kdlab train`` arguments of ``run``: a resume when its directory has a ``last.pt``."""
-        if (run.run_dir / "last.pt").is_file():
-            return ["train", "--resume", str(run.run_dir), "--quiet"]
-        if run.run_dir.exists():
-            shutil.rmtree(run.run_dir)
+        """The ``kdlab`` arguments of ``run`` (its kind's), with its config written to ``configs/``."""
         path = self.dir / "configs" / f"{run.id}.yaml"
         path.write_text(yaml.safe_dump(run.tree, sort_keys=False))
-        return ["train", str(path), "--quiet"]
+        return run.kind.argv(run.run_dir, path)
 
     def log(self, run: Run) -> Path:
         return self.dir / "logs" / f"{run.id}.log"
@@ -90,7 +134,7 @@ class Runner:
         by_id = {run.id: run for run in runs}
         pending = []
         for run in runs:
-            if read_summary(run.run_dir) is not None:
+            if run.finished:
                 self.on_finished(run, True)
                 write_status(self.dir, run.id, state="done")
                 outcome.skipped.append(run.id)
@@ -107,8 +151,7 @@ class Runner:
                 self._block(pending, outcome)
                 capacity = self.executor.capacity
                 while capacity is None or len(running) < capacity:
-                    run = next((r for r in pending if r.depends is None
-                                or read_summary(by_id[r.depends].run_dir) is not None), None)
+                    run = next((r for r in pending if r.depends is None or by_id[r.depends].finished), None)
                     if run is None:
                         break
                     pending.remove(run)
@@ -144,11 +187,11 @@ class Runner:
             if code is None:
                 continue
             del running[run_id]
-            if code == 0 and read_summary(run.run_dir) is not None:
+            if code == 0 and run.finished:
                 self.on_finished(run, False)
                 write_status(self.dir, run_id, state="done", returncode=0)
                 outcome.done.append(run_id)
-                self.echo(f"done {run_id}: {_score(run.run_dir)}")
+                self.echo(f"done {run_id}: {run.kind.describe(run.run_dir)}")
                 continue
             write_status(self.dir, run_id, state="failed", returncode=code)
             reason = _last_line(self.log(run))
@@ -178,12 +221,6 @@ class Runner:
                 handle.kill()
             write_status(self.dir, run_id, state="interrupted")
         self.echo(f"interrupted; {len(running)} run(s) stopped. Rerun the same command to resume")
-
-
-def _score(run_dir: Path) -> str:
-    summary = read_summary(run_dir) or {}
-    last = summary.get("test_last") or {}
-    return f"test top1 {last.get('top1', float('nan')):.2f} ({summary.get('wall_time_s', 0):.0f} s)"
 
 
 def _last_line(path: Path) -> str:

@@ -3,16 +3,27 @@
 The study directory (``OUT_DIR/NAME``) holds ``study.yaml`` (the study as validated), ``labels/`` (one
 noisy-label file per noise condition, drawn once and named in every run of that condition, teacher
 and students alike, by ``data.noise.labels``), ``configs/`` (each job's run config), ``runs/`` (the run
-directories), ``logs/`` (each job's output), ``status/`` (see :mod:`.records`) and ``results.jsonl``.
+directories), ``teacher_cache/`` (the shared teacher caches, one per fill job), ``logs/`` (each job's
+output), ``status/`` (see :mod:`.records`) and ``results.jsonl``.
+
+Teacher outputs are shared (``teacher.share_outputs``, default true; :mod:`.shared_cache`): each teacher
+is followed by a ``kdlab cache-teacher`` job that fills a replayable cache once (the teacher's logits on
+pre-drawn augmentations, one per set of cache-relevant student settings: data, models, ``train``
+settings and epochs), and every student whose method replays teacher logits waits for that fill and
+reads the cache instead of running its teacher, with the cache's validity checks. Other students run
+the live teacher. A fill writes no results line; a student's line names the fill it replayed
+(``shared_cache``) and its summary the cache (``teacher_cache``).
 
 Scheduling is :mod:`.runner`'s on the executor the study's ``executor`` section names (:mod:`.executor`:
-local subprocesses, or Ray tasks): jobs start in study order as soon as their teacher is done, at most
-``workers`` at a time. Resuming is rerunning the same command: finished runs (``summary.json`` present)
-are skipped, and any finished run missing from ``results.jsonl`` is added; an unfinished run continues
-from its ``last.pt``; failed runs are tried again (``executor.retries`` times at once, and on every
-rerun); students of a failed teacher are marked blocked. A lock file keeps two studies from sharing a
-directory. On Ctrl-C the runs are interrupted too (on Linux local runs also end when the study process is
-killed, and Ray ends a killed driver's tasks) and the study can be rerun.
+local subprocesses, or Ray tasks): jobs start in study order as soon as the job they wait for (teacher
+or cache fill) is done, at most ``workers`` at a time. Resuming is rerunning the same command: finished
+runs (``summary.json`` present; a fill: every unit of its cache filled) are skipped, and any finished
+run missing from ``results.jsonl`` is added; an unfinished run continues from its ``last.pt`` (a fill
+from its filled units); failed runs are tried again (``executor.retries`` times at once, and on every
+rerun); the jobs waiting for a failed one (a fill and the students of a failed teacher) are marked
+blocked. A lock file keeps two studies from sharing a directory. On Ctrl-C the runs are interrupted too
+(on Linux local runs also end when the study process is killed, and Ray ends a killed driver's tasks)
+and the study can be rerun.
 """
 
 from __future__ import annotations
@@ -32,6 +43,7 @@ from kdlab.core.runtime import Runtime
 from kdlab.data import build_data
 from kdlab.methods.registry import resolve_method
 from kdlab.models.registry import MODELS
+from kdlab.protocols.cache_fill import CACHE_FILL
 from kdlab.protocols.executor import Executor, Launcher, make_executor
 from kdlab.protocols.grid import Job, expand
 from kdlab.protocols.records import (
@@ -43,7 +55,8 @@ from kdlab.protocols.records import (
     read_summary,
 )
 from kdlab.protocols.result_line import hparams_of, run_config, run_line
-from kdlab.protocols.runner import Outcome, Run, Runner
+from kdlab.protocols.runner import TRAIN, Outcome, Run, Runner
+from kdlab.protocols.shared_cache import cache_dir
 from kdlab.protocols.study_schema import StudyConfig
 
 __all__ = ["Outcome", "Study", "study_line"]
@@ -67,7 +80,8 @@ def study_line(job: Job, summary: dict[str, Any], study_dir: Path) -> dict[str, 
         "pair": job.pair,
         "model": job.model,
         "teacher_model": job.teacher_model,
-        "teacher_run": job.depends,
+        "teacher_run": job.teacher_job,
+        "shared_cache": job.shared_cache,
         "method": job.method,
         "method_name": job.method_name,
         "draw": job.draw,
@@ -109,11 +123,14 @@ class Study:
 
     # ------------------------------------------------------------------ state on disk
     def run_dir(self, job: Job) -> Path:
-        return self.dir / "runs" / job.id
+        """A run's directory, or a cache fill's cache."""
+        return cache_dir(self.dir, job.id) if job.role == "cache" else self.dir / "runs" / job.id
 
     def _record(self, run: Run, skipped: bool) -> None:
-        """List the finished ``run`` in results.jsonl (once)."""
+        """List the finished ``run`` in results.jsonl (once); a cache fill has no results line."""
         job = self.by_id[run.id]
+        if job.role == "cache":
+            return
         if job.id not in self.listed:
             summary = read_summary(self.run_dir(job)) or {}
             append_result(self.dir / RESULTS, study_line(job, summary, self.dir.resolve()))
@@ -195,7 +212,8 @@ class Study:
 
     def _schedule(self, executor: Executor) -> Outcome:
         self.listed = {r.get("id") for r in read_results(self.dir / RESULTS)}
-        runs = [Run(job.id, self.run_dir(job), job.tree, job.depends) for job in self.jobs]
+        runs = [Run(job.id, self.run_dir(job), job.tree, job.depends,
+                    CACHE_FILL if job.role == "cache" else TRAIN) for job in self.jobs]
         runner = Runner(self.dir, executor, retries=self.config.executor.retries,
                         poll_interval=self.poll_interval, echo=self.echo, on_finished=self._record,
                         before_start=self._before_start)

@@ -15,7 +15,7 @@ key and its closest valid spelling. Example::
       noise: [{type: symmetric, rates: [0.0, 0.2, 0.4]}]      # rate 0 is the clean condition
       imbalance: [{profile: exponential, ratios: [1, 10, 100]}]
     seeds: [0, 1]
-    teacher: {data: corrupted, per_seed: true}
+    teacher: {data: corrupted, per_seed: true, share_outputs: true}
     workers: 2
     executor: {backend: local, retries: 1}    # or {backend: ray, address: auto, num_cpus: 4, num_gpus: 1}
 
@@ -122,6 +122,11 @@ class TeacherPolicy(Section):
         "best", description="best: the teacher run's result (validation-selected, or its final average under "
                             "weight averaging); last: its last weights")
     overrides: dict[str, Any] = Field(default_factory=dict, description="dotted keys for teacher runs only")
+    share_outputs: bool = Field(
+        True, description="fill one replayable teacher cache per teacher (and set of cache-relevant "
+                          "student settings) under STUDY/teacher_cache, read by every student whose method "
+                          "replays teacher logits instead of running the teacher; false: every student "
+                          "runs its teacher")
 
 
 class ReportConfig(Section):
