@@ -243,8 +243,10 @@ def _student_job(study: StudyConfig, base: dict[str, Any], runs_dir: Path, condi
     values = {} if draw is None else search.draw(entry.search, study.search.seed, entry.title, draw)
     for key, value in values.items():
         set_dotted(tree, key.split("."), value)
-    flat = flatten(tree)
-    searched = {key: flat.get(key) for key in sorted(entry.search)} if draw is not None else {}
+    searched = {}
+    if draw is not None:
+        flat = flatten(tree)
+        searched = {key: flat.get(key) for key in sorted(entry.search)}
     return Job(job_id, "student", condition, pair.name, pair.student, entry.title, entry.name, seed, tree,
                teacher_model=pair.teacher, labels_key=condition.name if condition.noise else None, draw=draw,
                searched=searched)

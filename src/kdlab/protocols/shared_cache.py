@@ -19,10 +19,10 @@ still run in every student, so a cache that does not fit a student stops it with
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 from pathlib import Path
 from typing import Any
+
+from kdlab.protocols.records import config_digest
 
 CACHE_DIR = "teacher_cache"
 FILL_METHOD = {"name": "kd"}
@@ -48,7 +48,7 @@ def fill_config(student: dict[str, Any], teacher_id: str, teacher_seed: int,
         "data": data, "student": copy.deepcopy(student["student"]),
         "teacher": copy.deepcopy(student["teacher"]), "method": dict(FILL_METHOD), "train": train,
         "teacher_cache": {"epochs": int(train["epochs"]), "outputs": "logits"}}
-    digest = hashlib.sha256(json.dumps(tree, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    digest = config_digest(tree)[:10]
     job_id = f"cache_{teacher_id.removeprefix('teacher_')}_{digest}"
     tree["name"] = job_id
     tree["out_dir"] = str(study_dir / "runs")
